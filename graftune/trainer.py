@@ -1,0 +1,213 @@
+"""One network of a population: model, optimizer, schedule and data, with state in and out.
+
+This is the plain object each Ray worker wraps; it runs and tests without Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from graftune.config import Config
+from graftune.core import GraftPolicy, find_graft_units, graft, l1_invalid_counts, unit_keys
+from graftune.data import ImageSet, TrainBatches, eval_batches
+from graftune.models import create_model
+from graftune.snapshot import Snapshot, pack
+
+
+def initial_lr(lr: float, index: int, num_models: int, diff_lr: bool = True) -> float:
+    """Peak learning rate of network ``index`` (0-based) of K: with diff-lr the k-th of K
+    (k = index + 1) starts at lr * (1 + cos(pi * (K - k) / K)) / 2, so the last gets lr."""
+    if not diff_lr:
+        return lr
+    k = index + 1
+    return lr * (1.0 + math.cos(math.pi * (num_models - k) / num_models)) / 2.0
+
+
+class Trainer:
+    """Trains network ``index`` of a population of ``config.population.num_models``."""
+
+    def __init__(self, config: Config, index: int, data: ImageSet, device: str | None = None):
+        self.config, self.index = config, index
+        t = config.train
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.seed = t.seed + index
+        torch.manual_seed(self.seed)  # different initial weights per network
+        model = create_model(config.model.model, num_classes=data.num_classes)
+        self.units = find_graft_units(model)  # traced on the CPU, before moving
+        self.unit_keys = unit_keys(self.units)
+        self.memory_format = (
+            torch.channels_last if config.model.channels_last else torch.contiguous_format
+        )
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.batches = TrainBatches(
+            data.train_images, data.train_labels, t.batch_size, data.mean, data.std,
+            device=self.device, seed=self.seed, channels_last=config.model.channels_last,
+        )  # fmt: skip
+        self.test_images, self.test_labels = data.test_images, data.test_labels
+        self.mean, self.std = data.mean, data.std
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.peak_lr = initial_lr(t.lr, index, config.population.num_models, t.diff_lr)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=self.peak_lr, momentum=t.momentum,
+            weight_decay=t.weight_decay,
+        )  # fmt: skip
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.policy = GraftPolicy.from_config(config.graft)
+        self.noise = torch.Generator().manual_seed(self.seed)
+        self.step = 0
+        self._epoch = iter(())
+
+    def _lr_factor(self, step: int) -> float:
+        t = self.config.train
+        if t.schedule == "step":
+            return t.step_gamma ** (step // (t.step_epochs * self.steps_per_epoch))
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+
+    @property
+    def steps_per_round(self) -> int:
+        g = self.config.graft
+        if g.interval_steps > 0:
+            return g.interval_steps
+        return max(1, round(g.interval_epochs * self.steps_per_epoch))
+
+    @property
+    def num_rounds(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_round)
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = next(self._epoch, None)
+        if batch is None:  # an interval may cross an epoch boundary: reshuffle and go on
+            self._epoch = self.batches.epoch()
+            batch = next(self._epoch)
+        return batch
+
+    def train_interval(self, steps: int | None = None) -> dict[str, float]:
+        """Train one graft interval (or ``steps``), never past the end of the schedule.
+
+        Returns:
+            Mean train loss and accuracy over the interval, the learning rate at its end, the
+            global step and whether loss and weights stayed finite.
+        """
+        steps = min(steps or self.steps_per_round, self.total_steps - self.step)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for _ in range(steps):
+            x, y = self._next_batch()
+            out = self.model(x)
+            loss = F.cross_entropy(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            # Sums stay on the device: one host sync per interval, not per step.
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+        self.step += steps
+        train_loss = float(loss_sum) / max(seen, 1)
+        return {
+            "train_loss": train_loss,
+            "train_acc": float(correct) / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "step": self.step,
+            "finite": math.isfinite(train_loss) and self.weights_finite(),
+        }
+
+    @torch.no_grad()
+    def evaluate(self, with_probabilities: bool = False) -> dict[str, Any]:
+        """Test loss and top-1 accuracy; optionally the softmax outputs for the ensemble."""
+        self.model.eval()
+        batches = eval_batches(
+            self.test_images, self.test_labels, self.config.train.eval_batch_size,
+            self.mean, self.std, self.device, channels_last=self.config.model.channels_last,
+        )  # fmt: skip
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        probabilities = []
+        for x, y in batches:
+            out = self.model(x).float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+            if with_probabilities:
+                probabilities.append(out.softmax(1))
+        count = len(self.test_labels)
+        metrics: dict[str, Any] = {
+            "test_loss": float(loss_sum) / count,
+            "test_acc": float(correct) / count,
+        }
+        state = self.model.state_dict()
+        for threshold, (invalid, _) in l1_invalid_counts(state, self.units).items():
+            metrics[f"invalid_l1_{threshold:g}"] = invalid
+        if with_probabilities:
+            metrics["probabilities"] = torch.cat(probabilities).cpu().numpy()
+        return metrics
+
+    def weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def snapshot(self) -> Snapshot:
+        """The graft units' tensors in one numpy buffer: what travels to the successor."""
+        return pack(self.model.state_dict(), self.unit_keys)
+
+    def apply_graft(self, source: Mapping[str, np.ndarray] | None) -> list[dict[str, Any]]:
+        """Graft from the predecessor's snapshot (or noise / nothing, by policy)."""
+        own = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        new_state, records = graft(own, source, self.units, self.policy, self.noise)
+        self.model.load_state_dict(new_state)
+        if records and self.config.graft.bn_recalibrate_batches > 0:
+            self.recalibrate_batchnorm(self.config.graft.bn_recalibrate_batches)
+        return records
+
+    def load_weights(self, snapshot: Mapping[str, np.ndarray]) -> None:
+        """Take another network's unit tensors wholesale (restoring a diverged network) and
+        drop the momentum, which diverged with it."""
+        state = self.model.state_dict()
+        state.update({k: torch.as_tensor(np.array(v)) for k, v in snapshot.items()})
+        self.model.load_state_dict(state)
+        self.optimizer.state.clear()
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, num_batches: int) -> None:
+        """Re-estimate BN running statistics, stale after mixing, on a few training batches."""
+        norms = [m for m in self.model.modules() if isinstance(m, _BatchNorm)]
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        self.model.train()
+        order = self.batches.state_dict()  # so recalibrating does not shift the data order
+        for _, (x, _) in zip(range(num_batches), self.batches.epoch()):
+            self.model(x)
+        self.batches.load_state_dict(order)
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, momentum, schedule, data order."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "batches": self.batches.state_dict(),
+            "noise": self.noise.get_state(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batches.load_state_dict(state["batches"])
+        self.noise.set_state(state["noise"])
+        self.step = int(state["step"])
+        self._epoch = iter(())  # the next interval starts a fresh epoch from the saved order
