@@ -1,0 +1,152 @@
+"""One tracked, checkpointed population run: what ``graftune.run`` and each Tune trial do.
+
+Resume continues the same MLflow run at the round after the last checkpoint, with the
+history and graft records that the checkpoint carries, so no finished round is lost or
+logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from graftune import plots
+from graftune.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
+from graftune.config import Config, flatten
+from graftune.data import ImageSet
+from graftune.population import Population, RoundResult, run_population
+from graftune.tracking import CHECKPOINT_TAG, Tracker, resolve_tracking_uri
+
+RECORDS_ARTIFACT = "grafting/entropy_alpha.csv"
+WORKERS_TAG = "graftune.workers"  # where each network ran: node, device, threads
+
+
+@dataclass
+class ExperimentResult:
+    run_id: str
+    tracking_uri: str
+    history: list[dict[str, Any]]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    worker_info: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def resume_payload(config: Config) -> tuple[dict[str, Any] | None, str]:
+    """The checkpoint of ``--resume RUN_ID`` (checked against the config) and its path."""
+    run_id = config.population.resume
+    if not run_id:
+        return None, ""
+    client = MlflowClient(resolve_tracking_uri(config.tracking.tracking_uri))
+    path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG, "")
+    if not path or not Path(path).exists():
+        raise ValueError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
+    payload = load_checkpoint(path)
+    check_compatible(payload, config.model.model, config.population.num_models)
+    return payload, path
+
+
+def run_experiment(
+    config: Config,
+    data: ImageSet,
+    on_round: Callable[[RoundResult], None] | None = None,
+    on_start: Callable[[Population, int], None] | None = None,
+    placement: Any = None,
+    bundle_offset: int = 0,
+    parent_run_id: str = "",
+    resume: tuple[dict[str, Any] | None, str] = (None, ""),
+) -> ExperimentResult:
+    """Run (or resume) one population, logging every round to MLflow.
+
+    Args:
+        config: validated settings.
+        data: the decoded data set; it is put in the object store once for all workers.
+        on_round: called after each round is logged and checkpointed.
+        on_start: called with the started population and its number of rounds.
+        placement, bundle_offset: an existing placement group (a Tune trial's) to use.
+        parent_run_id: MLflow run to nest this run under (a search).
+        resume: the checkpoint and its path from :func:`resume_payload`, checked by the
+            caller before anything starts.
+    """
+    payload, path = resume
+    t = config.tracking
+    tracker = Tracker(
+        t.tracking_uri, t.experiment, t.run_name, config.population.resume, parent_run_id
+    )
+    if payload is None:
+        tracker.log_params(flatten(config))
+        path = str(checkpoint_path(config.population.checkpoint_dir, tracker.run_id))
+        tracker.set_tag(CHECKPOINT_TAG, path)
+        tracker.log_text(yaml.safe_dump(flatten(config), sort_keys=False), "config.yaml")
+    history = list(payload["history"]) if payload else []
+    records = list(payload["records"]) if payload else []
+    result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
+    population = Population(config, ray.put(data), data.test_labels, placement, bundle_offset)
+    status = "FAILED"
+    try:
+        population.start()
+        result.worker_info = population.info
+        tracker.set_tag(WORKERS_TAG, json.dumps(population.info))
+        if payload is not None:
+            population.load_states(payload["states"])
+        first_round = payload["round"] + 1 if payload else 1
+        if on_start is not None:
+            on_start(population, population.num_rounds)
+
+        def finish_round(round_result: RoundResult) -> None:
+            history.append(round_result.as_history())
+            records.extend(round_result.records)
+            result.events.extend(round_result.events)
+            tracker.log_round(round_result.round, round_result.networks, round_result.population)
+            round_result.run_id = tracker.run_id
+            last = round_result.round == population.num_rounds
+            if last or round_result.round % config.population.checkpoint_every == 0:
+                state = _payload(config, round_result.round, population, history, records)
+                round_result.checkpoint = str(save_checkpoint(path, state))
+            if on_round is not None:
+                on_round(round_result)
+
+        run_population(population, first_round, finish_round)
+        _log_final_artifacts(tracker, config, population, history, records)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        population.shutdown()
+        tracker.finish(status)
+    return result
+
+
+def _payload(config, round_index, population, history, records) -> dict[str, Any]:
+    return {
+        "round": round_index,
+        "config": flatten(config),
+        "states": population.states(),
+        "history": history,
+        "records": records,
+    }
+
+
+def _log_final_artifacts(tracker, config, population, history, records) -> None:
+    tracker.log_table(records, RECORDS_ARTIFACT)
+    with tempfile.TemporaryDirectory() as tmp:
+        plots.write_all(history, records, Path(tmp))
+        tracker.log_artifacts(tmp, "plots")
+    if config.tracking.log_weights:
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, state in enumerate(population.states()):
+                torch.save(state["model"], Path(tmp) / f"net{k}.pt")
+            tracker.log_artifacts(tmp, "weights")

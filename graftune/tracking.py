@@ -1,0 +1,113 @@
+"""MLflow tracking of a population run. Only the driver calls this module.
+
+Everything goes through an explicit ``MlflowClient`` and run id (no global active run), so
+a Tune trial can own a nested run while its parent search owns another.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+DEFAULT_STORE = "mlflow.db"  # SQLite file in the working directory: MLflow 3 has no ./mlruns store
+PARENT_TAG = "mlflow.parentRunId"
+CHECKPOINT_TAG = "graftune.checkpoint"
+
+
+def resolve_tracking_uri(uri: str = "") -> str:
+    """The flag, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
+
+
+def browse_command(tracking_uri: str) -> str:
+    """The command that shows these runs in the MLflow UI (bound to localhost)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+class Tracker:
+    """One MLflow run: params, per-round metrics, tables, plots and weights."""
+
+    def __init__(
+        self,
+        tracking_uri: str = "",
+        experiment: str = "graftune",
+        run_name: str = "",
+        run_id: str = "",
+        parent_run_id: str = "",
+    ):
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+        if run_id:  # resume: the same run goes on
+            self.run_id = self.client.get_run(run_id).info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            location = None
+            if self.tracking_uri.startswith("sqlite:"):  # artifacts beside the SQLite file
+                db = Path(self.tracking_uri.split("sqlite:///", 1)[-1])
+                location = (db.parent / "mlartifacts").resolve().as_uri()
+            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        tags = {PARENT_TAG: parent_run_id} if parent_run_id else {}
+        run = self.client.create_run(experiment_id, run_name=run_name or None, tags=tags)
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def log_round(
+        self, step: int, networks: list[dict[str, Any]], population: dict[str, float]
+    ) -> None:
+        """Per-network metrics as ``net{k}/{name}`` and population metrics as
+        ``population/{name}``, all at step = round."""
+        metrics = {f"population/{k}": v for k, v in population.items()}
+        for k, network in enumerate(networks):
+            metrics.update(
+                {f"net{k}/{name}": v for name, v in network.items() if isinstance(v, int | float)}
+            )
+        self.log_metrics(metrics, step)
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_path: str) -> None:
+        """Rows of dicts as one CSV artifact (``artifact_path`` names the file)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_path).name
+            with path.open("w", newline="") as f:
+                columns = list(rows[0]) if rows else []
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            self.client.log_artifact(self.run_id, str(path), str(Path(artifact_path).parent))
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(
+            self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
+        )

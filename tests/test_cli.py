@@ -1,0 +1,78 @@
+"""Bad input: one line naming the setting, exit code 2, before any actor starts."""
+
+import pytest
+from conftest import smoke_args
+
+from graftune import run
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started for bad input")
+
+    monkeypatch.setattr(run, "init_ray", refuse)
+
+
+def bad_input(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--model", "resnet33"], "--model"),
+        (["--dataset", "mnist"], "--dataset"),
+        (["--A", "1.5"], "--A"),
+        (["--c", "0"], "--c"),
+        (["--num-models", "1"], "--num-models"),
+        (["--bins", "1"], "--bins"),
+        (["--invalid-share", "1.0"], "--invalid-share"),
+        (["--lr", "fast"], "--lr"),
+        (["--level", "channel"], "--level"),
+        (["--epochs", "0"], "--epochs"),
+        (["--no-such-flag", "1"], "--no-such-flag"),
+        (["--resume", "0123456789abcdef"], "--resume"),
+    ],
+)
+def test_bad_setting(tmp_path, capsys, extra, named):
+    assert named in bad_input(capsys, smoke_args(tmp_path, *extra))
+
+
+def test_missing_data_directory(tmp_path, capsys):
+    argv = smoke_args(tmp_path, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "nope"))
+    assert "--data-dir" in bad_input(capsys, argv)
+
+
+def test_cifar_offline_names_data_dir(tmp_path, capsys):
+    argv = smoke_args(
+        tmp_path, "--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download"
+    )
+    assert "--data-dir" in bad_input(capsys, argv)
+
+
+def test_config_file_that_does_not_parse(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("graft:\n  A: [0.4\n")
+    assert "--config" in bad_input(capsys, smoke_args(tmp_path, "--config", str(path)))
+
+
+def test_config_file_with_unknown_setting(tmp_path, capsys):
+    path = tmp_path / "typo.yaml"
+    path.write_text("graft:\n  alpha_amp: 0.4\n")
+    assert "alpha_amp" in bad_input(capsys, smoke_args(tmp_path, "--config", str(path)))
+
+
+def test_config_file_values_and_flags_override_them(tmp_path):
+    from graftune.cli import config_from_args
+
+    path = tmp_path / "settings.yaml"
+    path.write_text("graft:\n  A: 0.2\n  c: 100\nnum_models: 6\n")
+    args = run.build_parser().parse_args(["--config", str(path), "--c", "50"])
+    config = config_from_args(args)
+    assert (config.graft.A, config.graft.c, config.population.num_models) == (0.2, 50.0, 6)

@@ -1,0 +1,149 @@
+"""The population on real Ray actors: tracking, exchange, failures, NaNs and resume."""
+
+import math
+
+import numpy as np
+import pytest
+import ray
+import torch
+from conftest import smoke_args
+from mlflow.tracking import MlflowClient
+
+from graftune import run
+from graftune.config import Config, with_overrides
+from graftune.core import GraftPolicy, find_graft_units, ring_graft
+from graftune.data import load_dataset
+from graftune.experiment import run_experiment
+from graftune.models import create_model
+from graftune.population import Population
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def smoke_config(tmp_path, **overrides) -> Config:
+    args = run.build_parser().parse_args(smoke_args(tmp_path))
+    from graftune.cli import config_from_args
+
+    return with_overrides(config_from_args(args), overrides)
+
+
+def client_for(tmp_path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_two_round_run_is_tracked_in_mlflow(tmp_path, capsys):
+    assert run.main(smoke_args(tmp_path, "--num-models", "3")) == 0
+    run_id = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
+    client = client_for(tmp_path)
+    data = client.get_run(run_id).data
+    assert data.params["population/num_models"] == "3"
+    assert data.params["graft/A"] == "0.4"
+    for key in ["net0/test_acc", "net2/train_loss", "net1/lr", "population/ensemble_test_acc"]:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
+    artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {
+        "plots/accuracy.png",
+        "plots/entropy_heatmap.png",
+        "plots/alpha_heatmap.png",
+    } <= artifacts
+    csv_path = client.download_artifacts(run_id, "grafting/entropy_alpha.csv", str(tmp_path))
+    rows = open(csv_path).read().splitlines()
+    assert rows[0].split(",")[:4] == ["round", "network", "unit", "h_self"]
+    assert len(rows) - 1 == 2 * 3 * len(find_graft_units(create_model("tiny_cnn")))
+    assert {a.path for a in client.list_artifacts(run_id, "weights")} == {
+        f"weights/net{k}.pt" for k in range(3)
+    }
+
+
+def test_actor_grafts_equal_the_pure_core(tmp_path):
+    config = smoke_config(tmp_path, num_models=3)
+    data = load_dataset(config.data)
+    population = Population(config, ray.put(data), data.test_labels)
+    population.start()
+    try:
+        ray.get([a.train_interval.remote() for a in population.actors])
+        snapshots = ray.get([a.snapshot.remote() for a in population.actors])
+        refs = [ray.put(s) for s in snapshots]
+        ray.get([a.graft_from.remote(refs[k - 1]) for k, a in enumerate(population.actors)])
+        after = ray.get([a.snapshot.remote() for a in population.actors])
+    finally:
+        population.shutdown()
+    units = find_graft_units(create_model("tiny_cnn"))
+    expected = ring_graft(snapshots, units, GraftPolicy.from_config(config.graft))
+    for k in range(3):
+        for key, value in after[k].items():
+            torch.testing.assert_close(torch.from_numpy(value), expected[k][0][key])
+
+
+def test_killed_worker_is_replaced_and_every_round_logged_once(tmp_path):
+    config = smoke_config(tmp_path, num_models=3, epochs=3)
+    data = load_dataset(config.data)
+    killed = []
+
+    def kill_after_first_round(result):
+        if result.round == 1:
+            ray.kill(population_ref[0].actors[1], no_restart=True)
+            killed.append(1)
+
+    population_ref = []
+    result = run_experiment(
+        config, data, on_round=kill_after_first_round,
+        on_start=lambda population, rounds: population_ref.append(population),
+    )  # fmt: skip
+    assert killed == [1]
+    assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert all(len(h["networks"]) == 3 for h in result.history)
+    assert any("worker 1 died" in e for e in result.events)
+    client = client_for(tmp_path)
+    for k in range(3):
+        steps = [m.step for m in client.get_metric_history(result.run_id, f"net{k}/test_acc")]
+        assert steps == [1, 2, 3]
+
+
+def test_nan_network_is_restored_and_never_a_graft_source(tmp_path):
+    config = smoke_config(tmp_path, num_models=3, epochs=3)
+    data = load_dataset(config.data)
+    population_ref = []
+
+    def poison_network_1(result):
+        if result.round == 1:
+            actor = population_ref[0].actors[1]
+            state = ray.get(actor.get_state.remote())
+            state["model"] = {
+                k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                for k, v in state["model"].items()
+            }
+            ray.get(actor.set_state.remote(state))
+
+    result = run_experiment(
+        config, data, on_round=poison_network_1,
+        on_start=lambda population, rounds: population_ref.append(population),
+    )  # fmt: skip
+    round2 = result.history[1]
+    assert [n["restored"] for n in round2["networks"]] == [0, 1, 0]
+    assert any("network 1 diverged; restored from network 0" in e for e in result.events)
+    for network in round2["networks"] + result.history[2]["networks"]:
+        assert math.isfinite(network["test_loss"])  # the successor (net2) stayed finite
+    h_src = [r["h_src"] for r in result.records if r["round"] == 2 and r["network"] == 2]
+    assert h_src and all(np.isfinite(h_src))
+
+
+def test_resume_continues_the_same_run(tmp_path, capsys):
+    config = smoke_config(tmp_path, num_models=2)
+    data = load_dataset(config.data)
+
+    def stop_after_first_round(result):
+        if result.round == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, data, on_round=stop_after_first_round)
+    client = client_for(tmp_path)
+    (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
+    assert stopped.info.status == "KILLED"
+    run_id = stopped.info.run_id
+    assert run.main(smoke_args(tmp_path, "--resume", run_id)) == 0
+    assert f"MLflow run: {run_id}" in capsys.readouterr().out
+    for key in ["net0/test_acc", "population/mean_test_acc"]:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
+    assert client.get_run(run_id).info.status == "FINISHED"
