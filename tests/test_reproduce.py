@@ -1,0 +1,46 @@
+"""The reproduce command: every table listed, arms as settings, a markdown table written."""
+
+import pytest
+
+from conftest import smoke_args
+from graftune import reproduce
+from graftune.config import Config, validate, with_overrides
+
+
+def test_list_names_every_table(capsys):
+    assert reproduce.main(["--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == [
+        "baseline", "table1", "table2", "table3", "table4", "table5", "population", "invalid"
+    ]  # fmt: skip
+
+
+def test_every_arm_is_a_valid_setting_and_paper_numbers_match_the_supplement():
+    specs = reproduce.table_specs("resnet32", 2)
+    for spec in specs.values():
+        for arm in spec.arms:
+            validate(with_overrides(Config(), arm.overrides))
+    fixed, adaptive = specs["table4"].arms
+    assert (fixed.paper["cifar10"], adaptive.paper["cifar100"]) == (93.22, 71.28)
+    assert len(specs["table5"].arms) == 10
+    assert [a.overrides["num_models"] for a in specs["population"].arms][::2] == [2, 3, 4, 6, 8]
+
+
+def test_unknown_table_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["table9", *smoke_args(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "TABLE" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_table4_writes_markdown_with_both_arms(tmp_path, capsys):
+    out = tmp_path / "tables"
+    argv = ["table4", "--output", str(out), *smoke_args(tmp_path, "--epochs", "1")]
+    assert reproduce.main(argv) == 0
+    text = (out / "table4.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "%" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["fixed weighting", "adaptive weighting"]
+    for row in rows:
+        accuracy = float(row.split("|")[3].strip())
+        assert 0.0 <= accuracy <= 100.0
