@@ -1,8 +1,8 @@
 """Bad input: one line naming the setting, exit code 2, before any actor starts."""
 
 import pytest
-from conftest import smoke_args
 
+from conftest import smoke_args
 from graftune import run
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import ray
 import torch
-from conftest import smoke_args
 from mlflow.tracking import MlflowClient
 
+from conftest import smoke_args
 from graftune import run
 from graftune.config import Config, with_overrides
 from graftune.core import GraftPolicy, find_graft_units, ring_graft
