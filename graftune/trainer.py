@@ -5,6 +5,7 @@ This is the plain object each Ray worker wraps; it runs and tests without Ray.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from graftune.config import Config
 from graftune.core import GraftPolicy, find_graft_units, graft, l1_invalid_counts, unit_keys
+from graftune.core.graft import as_tensor
 from graftune.data import ImageSet, TrainBatches, eval_batches
 from graftune.models import create_model
 from graftune.snapshot import Snapshot, pack
@@ -50,7 +52,9 @@ class Trainer:
             data.train_images, data.train_labels, t.batch_size, data.mean, data.std,
             device=self.device, seed=self.seed, channels_last=config.model.channels_last,
         )  # fmt: skip
-        self.test_images, self.test_labels = data.test_images, data.test_labels
+        # The test set moves to the device once, as uint8: no host round trip per eval batch.
+        self.test_images = as_tensor(data.test_images).to(self.device)
+        self.test_labels = as_tensor(data.test_labels).to(self.device)
         self.mean, self.std = data.mean, data.std
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = t.epochs * self.steps_per_epoch
@@ -194,9 +198,10 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, momentum, schedule, data order."""
+        # Copies, not views: a caller holding this state must not see training go on.
         return {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "batches": self.batches.state_dict(),
             "noise": self.noise.get_state(),
