@@ -1,0 +1,289 @@
+"""Loading (image folders, zips, cache, CIFAR, synthetic, subsets) and on-device batches."""
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graftune.config import DataConfig
+from graftune.data import DataError, TrainBatches, eval_batches, load_dataset
+
+SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip"
+CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Every test decodes into its own cache, never the user's."""
+    monkeypatch.setenv("GRAFTUNE_CACHE", str(tmp_path / "cache"))
+
+
+def pixel(cls: int, i: int) -> tuple[int, int, int]:
+    return (40 * cls + 10, 5 * i, 100 + 7 * i)
+
+
+# Deliberately not in sorted order, to check labels follow sorted class names.
+LAYOUT = {"train": {"zebra": 3, "ant": 3}, "test": {"zebra": 2, "ant": 2}}
+
+
+def make_folder(root: Path, layout=LAYOUT, size=(8, 8)) -> Path:
+    for split, classes in layout.items():
+        for name, count in classes.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                colour = pixel(sorted(classes).index(name), i)
+                Image.new("RGB", size, colour).save(root / split / name / f"{i:04d}.png")
+    return root
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w") as archive:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                archive.write(file, file.relative_to(folder).as_posix())
+    return target
+
+
+def folder_config(path: Path, **changes) -> DataConfig:
+    return DataConfig(dataset="imagefolder", data_dir=str(path), **changes)
+
+
+def test_zip_loads_with_sorted_classes(tmp_path):
+    archive = zip_folder(make_folder(tmp_path / "src"), tmp_path / "tiny.zip")
+    data = load_dataset(folder_config(archive))
+    assert data.classes == ["ant", "zebra"] and data.num_classes == 2
+    assert data.train_images.shape == (6, 3, 8, 8) and data.train_images.dtype == np.uint8
+    assert data.test_images.shape == (4, 3, 8, 8)
+    assert data.train_labels.dtype == np.int64
+    assert data.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.test_labels.tolist() == [0, 0, 1, 1]
+    # PNG is lossless: pixel values and the file -> label mapping are exact.
+    assert tuple(data.train_images[4, :, 0, 0]) == pixel(1, 1)
+    assert tuple(data.test_images[1, :, 3, 3]) == pixel(0, 1)
+    values = data.train_images.transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
+    assert np.allclose(data.mean, values.mean(1)) and np.allclose(data.std, values.std(1))
+
+
+def test_directory_equals_zip(tmp_path):
+    folder = make_folder(tmp_path / "src")
+    from_dir = load_dataset(folder_config(folder))
+    from_zip = load_dataset(folder_config(zip_folder(folder, tmp_path / "tiny.zip")))
+    assert from_dir.classes == from_zip.classes
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert np.array_equal(getattr(from_dir, key), getattr(from_zip, key))
+
+
+def test_zip_under_one_top_folder_and_jpeg(tmp_path):
+    folder = tmp_path / "src"
+    make_folder(folder / "cifar")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / "cifar/train/ant/extra.jpg")
+    data = load_dataset(folder_config(zip_folder(folder, tmp_path / "nested.zip")))
+    assert data.classes == ["ant", "zebra"] and len(data.train_labels) == 7
+
+
+def test_mismatched_test_classes(tmp_path):
+    layout = {"train": {"ant": 2, "zebra": 2}, "test": {"ant": 1, "bee": 1}}
+    with pytest.raises(DataError, match="different classes"):
+        load_dataset(folder_config(make_folder(tmp_path / "src", layout)))
+
+
+def test_odd_image_size_names_the_file(tmp_path):
+    folder = make_folder(tmp_path / "src")
+    Image.new("RGB", (9, 8)).save(folder / "train/zebra/0001.png")
+    with pytest.raises(DataError, match=r"train/zebra/0001\.png.*one size"):
+        load_dataset(folder_config(folder))
+
+
+def test_missing_path_mentions_data_dir(tmp_path):
+    with pytest.raises(DataError, match="--data-dir"):
+        load_dataset(folder_config(tmp_path / "nowhere.zip"))
+
+
+def test_second_load_comes_from_cache(tmp_path):
+    archive = zip_folder(make_folder(tmp_path / "src"), tmp_path / "tiny.zip")
+    first = load_dataset(folder_config(archive))
+    caches = list((tmp_path / "cache").glob("*.npz"))
+    assert len(caches) == 1 and not list((tmp_path / "cache").glob("*.tmp"))
+    second = load_dataset(folder_config(archive))
+    assert first.classes == second.classes
+    assert np.array_equal(first.train_images, second.train_images)
+    assert np.array_equal(first.test_labels, second.test_labels)
+    caches[0].write_bytes(b"not an npz")  # a corrupt cache is rebuilt, not an error
+    third = load_dataset(folder_config(archive))
+    assert np.array_equal(first.train_images, third.train_images)
+    assert np.load(caches[0])["train_images"].shape == (6, 3, 8, 8)
+
+
+def test_cifar_without_download_points_at_data_dir(tmp_path):
+    cfg = DataConfig(dataset="cifar10", data_dir=str(tmp_path), download=False)
+    with pytest.raises(DataError, match="--data-dir") as info:
+        load_dataset(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_cifar_name_on_a_folder_checks_the_class_count(tmp_path):
+    archive = zip_folder(make_folder(tmp_path / "src"), tmp_path / "tiny.zip")
+    with pytest.raises(DataError, match="2 classes, not the 10"):
+        load_dataset(DataConfig(dataset="cifar10", data_dir=str(archive)))
+
+
+@pytest.mark.skipif(not SHARED_ZIP.exists(), reason="shared CIFAR-10 zip not present")
+def test_shared_cifar10_zip(monkeypatch):
+    monkeypatch.undo()  # the real cache (GRAFTUNE_CACHE or ~/.cache): decode once, not per run
+    data = load_dataset(DataConfig(dataset="cifar10", data_dir=str(SHARED_ZIP)))
+    assert data.train_images.shape == (50000, 3, 32, 32)
+    assert data.test_images.shape == (10000, 3, 32, 32)
+    assert data.classes == CIFAR10_CLASSES  # torchvision's labels 0..9
+    assert np.bincount(data.train_labels).tolist() == [5000] * 10
+    assert np.allclose(data.mean, (0.4913, 0.4821, 0.4465), atol=0.01)
+
+
+def test_subset_is_fixed():
+    cfg = DataConfig(dataset="synthetic", synthetic_size=200, subset=50, test_subset=20)
+    a, b = load_dataset(cfg), load_dataset(cfg)
+    assert len(a.train_labels) == 50 and len(a.test_labels) == 20
+    assert np.array_equal(a.train_images, b.train_images)
+    assert np.array_equal(a.test_labels, b.test_labels)
+    full = load_dataset(DataConfig(dataset="synthetic", synthetic_size=200))
+    assert not np.array_equal(full.train_images[:50], a.train_images)
+    assert a.mean != full.mean  # measured on the subset
+
+
+def test_synthetic_is_deterministic():
+    cfg = DataConfig(dataset="synthetic", synthetic_size=64, synthetic_classes=5)
+    a, b = load_dataset(cfg), load_dataset(cfg)
+    assert a.train_images.shape == (64, 3, 32, 32) and a.test_images.shape == (16, 3, 32, 32)
+    assert a.num_classes == 5 and set(a.train_labels.tolist()) == set(range(5))
+    assert np.array_equal(a.train_images, b.train_images)
+    small = load_dataset(DataConfig(dataset="synthetic", synthetic_size=8, synthetic_classes=3))
+    assert len(small.test_labels) == 6  # at least two test images per class
+
+
+def test_synthetic_classes_are_separable():
+    data = load_dataset(DataConfig(dataset="synthetic", synthetic_size=256))
+    centroids = np.stack(
+        [data.train_images[data.train_labels == k].mean(0) for k in range(10)]
+    ).reshape(10, -1)
+    test = data.test_images.reshape(len(data.test_images), -1).astype(np.float64)
+    nearest = ((test[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert (nearest == data.test_labels).mean() > 0.9
+
+
+# --- on-device batches --------------------------------------------------------------
+
+
+def padded_windows(image: torch.Tensor) -> list[torch.Tensor]:
+    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
+    return [padded[:, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
+
+
+def raw(x: torch.Tensor) -> torch.Tensor:
+    """Undo normalisation with mean 0, std 1/255: back to exact uint8 values."""
+    return x.round().long()
+
+
+def test_crop_is_an_exact_padded_window():
+    # Images with 1..255 values, so a zero can only come from the padding.
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (64, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(64)
+    batches = TrainBatches(images, labels, 16, (0, 0, 0), (1 / 255,) * 3, seed=3)
+    flipped = unflipped = 0
+    for _ in range(3):
+        for x, y in batches.epoch():
+            assert x.dtype == torch.float32 and x.shape == (16, 3, 32, 32)
+            for out, label in zip(raw(x), y):
+                windows = padded_windows(torch.from_numpy(images[label]).long())
+                if any(torch.equal(out, w) for w in windows):
+                    unflipped += 1
+                elif any(torch.equal(out.flip(2), w) for w in windows):
+                    flipped += 1
+                else:
+                    raise AssertionError("output is not a window of the padded image")
+    assert 60 <= flipped <= 132 and flipped + unflipped == 192  # about half of 192
+
+
+def test_shifts_cover_all_offsets():
+    images = np.full((512, 3, 32, 32), 255, np.uint8)
+    batches = TrainBatches(images, np.zeros(512), 512, (0, 0, 0), (1 / 255,) * 3, seed=1)
+    x, _ = next(batches.epoch())
+    top = (raw(x)[:, 0, :, 16] == 0).sum(1)  # zero rows above or below: |dy - 4|
+    left = (raw(x)[:, 0, 16, :] == 0).sum(1)
+    assert set(top.tolist()) == set(range(5)) and set(left.tolist()) == set(range(5))
+
+
+def test_epoch_is_a_permutation_and_steps():
+    labels = np.arange(100)
+    images = np.zeros((100, 3, 8, 8), np.uint8)
+    batches = TrainBatches(images, labels, 10, (0.5,) * 3, (0.25,) * 3, augment=False)
+    assert batches.steps_per_epoch == 10
+    seen = [y for _, y in batches.epoch()]
+    assert sorted(torch.cat(seen).tolist()) == list(range(100))
+    second = torch.cat([y for _, y in batches.epoch()])
+    assert not torch.equal(torch.cat(seen), second)  # reshuffled each epoch
+    assert TrainBatches(images, labels, 32, (0,) * 3, (1,) * 3).steps_per_epoch == 3
+    few = TrainBatches(images[:5], labels[:5], 128, (0,) * 3, (1,) * 3)
+    (x, y), *rest = list(few.epoch())
+    assert few.steps_per_epoch == 1 and len(y) == 5 and not rest
+
+
+def test_seed_and_state_dict():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(40)
+
+    def make(seed: int) -> TrainBatches:
+        return TrainBatches(images, labels, 8, (0.5,) * 3, (0.2,) * 3, seed=seed)
+
+    a, b, c = make(7), make(7), make(8)
+    xs_a = [x for x, _ in a.epoch()]
+    assert all(torch.equal(p, q) for p, q in zip(xs_a, (x for x, _ in b.epoch())))
+    assert not all(torch.equal(p, q) for p, q in zip(xs_a, (x for x, _ in c.epoch())))
+    state = a.state_dict()
+    expected = [x for x, _ in a.epoch()] + [x for x, _ in a.epoch()]
+    resumed = make(0)
+    resumed.load_state_dict(state)
+    got = [x for x, _ in resumed.epoch()] + [x for x, _ in resumed.epoch()]
+    assert all(torch.equal(p, q) for p, q in zip(expected, got))
+
+
+def test_normalisation_uses_mean_and_std():
+    images = np.zeros((4, 3, 8, 8), np.uint8)
+    images[:, 0], images[:, 1], images[:, 2] = 0, 51, 255
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    batches = TrainBatches(images, np.zeros(4), 4, mean, std, augment=False)
+    x, y = next(batches.epoch())
+    expected = torch.tensor([(0 - 0.1) / 0.5, (0.2 - 0.2) / 0.25, (1 - 0.3) / 2.0])
+    assert torch.allclose(x[:, :, 3, 3], expected.expand(4, 3), atol=1e-6)
+    assert y.dtype == torch.int64
+    (ex, ey), *_ = list(eval_batches(images, np.arange(4), 3, mean, std, "cpu"))
+    assert torch.allclose(ex[:, :, 0, 0], expected.expand(3, 3), atol=1e-6)
+    assert ey.tolist() == [0, 1, 2]
+
+
+def test_matches_torchvision_normalize_and_channels_last():
+    from torchvision import transforms
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    batches = list(eval_batches(images, np.arange(6), 4, mean, std, "cpu", channels_last=True))
+    assert [len(y) for _, y in batches] == [4, 2]
+    x = torch.cat([b for b, _ in batches])
+    assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
+    for i in range(6):
+        expected = reference(Image.fromarray(images[i].transpose(1, 2, 0)))
+        assert torch.allclose(x[i], expected, atol=1e-5)
+    train = TrainBatches(images, np.arange(6), 3, mean, std, channels_last=True)
+    assert next(train.epoch())[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_read_only_arrays_are_not_copied():
+    images = np.zeros((8, 3, 8, 8), np.uint8)
+    images.setflags(write=False)  # as Ray's object store hands them out
+    batches = TrainBatches(images, np.arange(8), 4, (0,) * 3, (1,) * 3)
+    assert batches.images.data_ptr() == images.ctypes.data
