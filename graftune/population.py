@@ -34,15 +34,30 @@ class RoundResult:
         return {"round": self.round, "networks": self.networks, "population": self.population}
 
 
-def worker_resources(config: Config, cluster: dict[str, float]) -> dict[str, float]:
-    """CPUs and GPUs of one worker: a GPU each when the cluster has K of them, otherwise an
-    even share of the cluster's CPUs (fractions allowed, so K may exceed the core count)."""
+def worker_resources(
+    config: Config, cluster: dict[str, float], largest_node_cpus: float | None = None
+) -> dict[str, float]:
+    """CPUs and GPUs of one worker.
+
+    A GPU each when the cluster has K of them (with one CPU: data and augmentation live on
+    the GPU); otherwise an even share of the cluster's CPUs, fractions allowed so K may
+    exceed the core count, and never more than the largest node holds, so that every
+    worker fits on some node of a cluster with unequal nodes.
+    """
     p = config.population
     gpus = p.gpus_per_worker
     if gpus < 0:
         gpus = 1.0 if cluster.get("GPU", 0) >= p.num_models else 0.0
-    cpus = p.cpus_per_worker or max(0.01, int(cluster.get("CPU", 1) / p.num_models * 100) / 100)
+    share = cluster.get("CPU", 1) / p.num_models
+    if largest_node_cpus:
+        share = min(share, largest_node_cpus)
+    cpus = p.cpus_per_worker or (1.0 if gpus else max(0.01, int(share * 100) / 100))
     return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+
+
+def largest_node_cpus() -> float:
+    """The most CPUs any alive node of the connected cluster has."""
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
 
 
 class Population:
@@ -69,7 +84,7 @@ class Population:
         return self.config.population.num_models
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
-        self.resources = worker_resources(self.config, ray.cluster_resources())
+        self.resources = worker_resources(self.config, ray.cluster_resources(), largest_node_cpus())
         if self.placement is None:
             bundles = [dict(self.resources) for _ in range(self.size)]
             self.placement = placement_group(bundles, strategy=self.config.population.placement)

@@ -147,3 +147,14 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
     for key in ["net0/test_acc", "population/mean_test_acc"]:
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_worker_resources_fit_the_nodes():
+    from graftune.population import worker_resources
+
+    config = with_overrides(Config(), {"num_models": 4})
+    assert worker_resources(config, {"CPU": 2}) == {"CPU": 0.5}
+    assert worker_resources(config, {"CPU": 24, "GPU": 4}, 4) == {"CPU": 1.0, "GPU": 1.0}
+    assert worker_resources(config, {"CPU": 24}, 4) == {"CPU": 4}  # 24/4 = 6 fits no node
+    fixed = with_overrides(config, {"cpus_per_worker": 3, "gpus_per_worker": 0})
+    assert worker_resources(fixed, {"CPU": 24, "GPU": 4}) == {"CPU": 3.0}
