@@ -279,7 +279,9 @@ def _normaliser(mean: Stats, std: Stats, device: torch.device) -> tuple[torch.Te
     return scale.float().to(device), shift.float().to(device)
 
 
-def _normalise(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channels_last: bool):
+def _normalise(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channels_last: bool
+) -> torch.Tensor:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)  # cheaper on uint8 than on float
     return x.float().mul_(scale).add_(shift)  # in place keeps the memory format
@@ -327,7 +329,9 @@ class TrainBatches:
                 x = self.images[index]
             yield _normalise(x, self.scale, self.shift, self.channels_last), self.labels[index]
 
-    def _crop_flip(self, index, dy, dx, flip) -> torch.Tensor:
+    def _crop_flip(
+        self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+    ) -> torch.Tensor:
         """Output pixel (i, j) = zero-padded image (i + dy, j + dx), mirrored where ``flip``.
 
         Pads the batch once (zeros = black, as torchvision's RandomCrop(padding=4) pads
@@ -340,8 +344,8 @@ class TrainBatches:
         padded = F.pad(self.images[index], (PAD, PAD, PAD, PAD))
         padded = torch.cat([padded, padded.flip(3)])
         windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # [2B, C, 9, 9, H, W], a view
-        rows = torch.arange(b, device=self.device) + b * flip
-        return windows[rows, :, dy, dx + flip * (2 * PAD - 2 * dx)]
+        source = torch.arange(b, device=self.device) + b * flip  # mirrored copies follow
+        return windows[source, :, dy, dx + flip * (2 * PAD - 2 * dx)]
 
     def state_dict(self) -> dict:
         """The generator state: a resumed run continues with the same data order."""
