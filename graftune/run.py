@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             for event in result.events:
                 progress.console.print(f"[yellow]round {result.round}: {event}")
             progress.update(task, completed=result.round, description=text)
+            if not console.is_terminal:  # job logs (ray job submit, files) get a line a round
+                console.print(f"round {result.round}/{progress.tasks[0].total}: {text}")
 
         result = run_experiment(config, data, on_round, on_start, resume=resume)
     print_summary(result)
