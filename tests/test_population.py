@@ -142,6 +142,10 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
     (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
     assert stopped.info.status == "KILLED"
     run_id = stopped.info.run_id
+    with pytest.raises(SystemExit) as refused:  # a checkpoint of another architecture
+        run.main(smoke_args(tmp_path, "--resume", run_id, "--model", "resnet20"))
+    assert refused.value.code == 2
+    assert "--model resnet20 does not match" in capsys.readouterr().err
     assert run.main(smoke_args(tmp_path, "--resume", run_id)) == 0
     assert f"MLflow run: {run_id}" in capsys.readouterr().out
     for key in ["net0/test_acc", "population/mean_test_acc"]:
