@@ -1,0 +1,114 @@
+"""One Tune trial: a whole population in the trial's own placement group.
+
+The trial's resources come from its own population size (one bundle for this process, one
+per worker); its population checkpoint travels with Tune's checkpoint, so a restored trial
+continues the same population and the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from graftune.checkpoint import CHECKPOINT_NAME, check_compatible, checkpoint_path, load_checkpoint
+from graftune.cli import quiet_libraries
+from graftune.config import Config, with_overrides
+from graftune.data import ImageSet
+from graftune.population import RoundResult, worker_resources
+from graftune.searchspace import trial_config
+
+TRIAL_FILE = "trial.json"  # beside population.pt in a trial's Tune checkpoint
+DRIVER_BUNDLE = {"CPU": 1.0}  # the trial's own process: it waits on its workers most of the time
+
+
+def trial_resources(params: dict[str, Any], base: Config, cluster: dict):
+    """One bundle for the trial's driver, then one per worker of its own population size."""
+    config = trial_config(base, params)
+    worker = worker_resources(config, cluster)
+    bundles = [dict(DRIVER_BUNDLE)] + [dict(worker) for _ in range(config.population.num_models)]
+    return tune.PlacementGroupFactory(bundles, strategy=config.population.placement)
+
+
+def run_trial(params: dict[str, Any], base: Config, data: ImageSet, parent_run_id: str) -> None:
+    """The Tune trainable: one whole population in the trial's placement group.
+
+    Bundle 0 is this process; workers take bundles 1..K (each at an explicit index: a mix of
+    explicit and implicit placement inside a trial's group can hang). The last round is
+    reported after the run has logged its final artifacts, so a stop decision at that
+    report cannot cut them off.
+    """
+    from graftune.experiment import run_experiment  # torch and plotting: only in trials
+
+    quiet_libraries()
+    placement = ray.util.get_current_placement_group()
+    worker = placement.bundle_specs[1]
+    config = with_overrides(
+        trial_config(base, params),
+        {
+            "cpus_per_worker": worker.get("CPU", 0.0),
+            "gpus_per_worker": worker.get("GPU", 0.0),
+            "run_name": tune.get_context().get_trial_name(),
+        },
+    )
+    config, resume = restore_trial(config, tune.get_checkpoint())
+    extra = {"num_models": config.population.num_models, "bundles": len(placement.bundle_specs)}
+    rounds, last = [], []
+
+    def on_round(result: RoundResult) -> None:
+        extra["num_rounds"] = rounds[0]
+        if result.round < rounds[0]:
+            report_round(result, extra)
+        else:
+            last.append(result)
+
+    done = run_experiment(
+        config, data, on_round, on_start=lambda population, n: rounds.append(n),
+        placement=placement, bundle_offset=1, parent_run_id=parent_run_id, resume=resume,
+    )  # fmt: skip
+    if last:
+        report_round(last[0], extra)
+    elif done.history:  # restored after its last round: nothing was left but the report
+        final = done.final
+        extra["num_rounds"] = final["round"]
+        report_round(
+            RoundResult(final["round"], [], final["population"], run_id=done.run_id), extra
+        )
+
+
+def restore_trial(config: Config, checkpoint) -> tuple[Config, tuple[Any, str]]:
+    """A restored trial goes on with the same population and the same MLflow run.
+
+    Tune's copy of the checkpoint is the fallback; the population's own file wins when this
+    node has it and it is newer (a round may have ended after the last report)."""
+    if checkpoint is None:
+        return config, (None, "")
+    with checkpoint.as_directory() as directory:
+        run_id = json.loads((Path(directory) / TRIAL_FILE).read_text())["run_id"]
+        payload = load_checkpoint(Path(directory) / CHECKPOINT_NAME)
+    path = checkpoint_path(config.population.checkpoint_dir, run_id)
+    if path.exists():
+        own = load_checkpoint(path)
+        payload = own if own["round"] > payload["round"] else payload
+    config = with_overrides(config, {"resume": run_id})
+    check_compatible(payload, config.model.model, config.population.num_models)
+    return config, (payload, str(path))
+
+
+def report_round(result: RoundResult, extra: dict[str, Any]) -> None:
+    """Population metrics to Tune; with a copy of the population checkpoint when one was
+    written this round (Tune keeps the copy, so a restored trial can go on from it)."""
+    metrics = {**result.population, "round": result.round, **extra, "run_id": result.run_id}
+    if not result.checkpoint:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copy2(result.checkpoint, Path(directory) / CHECKPOINT_NAME)
+        info = {"run_id": result.run_id, "round": result.round}
+        (Path(directory) / TRIAL_FILE).write_text(json.dumps(info))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
