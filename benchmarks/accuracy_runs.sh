@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Accuracy on real CIFAR-10 (BENCHMARKS.md, issue 6): ResNet-20, a 10,000-image training
+# subset, the full 10,000-image test set, 15 epochs; K=2 grafting vs the same two networks
+# trained independently (same diff-lr, cosine, seeds) vs one network at lr 0.1.
+#   bash benchmarks/accuracy_runs.sh ../shared/data/cifar10-jpeg.zip runs/accuracy "0 1"
+# then: python benchmarks/accuracy_table.py runs/accuracy/mlflow.db
+set -u
+data=${1:?path to the CIFAR-10 zip or folder}
+out=$(realpath -m "${2:-runs/accuracy}")
+seeds=${3:-0 1}
+mkdir -p "$out"
+common=(--model resnet20 --dataset imagefolder --data-dir "$data" --subset 10000 --epochs 15
+        --no-log-weights --checkpoint-dir "$out/checkpoints"
+        --tracking-uri "sqlite:///$out/mlflow.db" --experiment accuracy)
+for seed in $seeds; do
+  for arm in "grafted:--num-models 2" "independent:--num-models 2 --source none" \
+             "single:--num-models 1 --source none --no-diff-lr"; do
+    name=${arm%%:*}
+    read -ra flags <<< "${arm#*:}"
+    start=$(date +%s)
+    python -m graftune.run "${common[@]}" --seed "$seed" --run-name "$name-seed$seed" \
+        "${flags[@]}" > "$out/$name-$seed.log" 2>&1
+    echo "$name seed=$seed rc=$? wall_s=$(( $(date +%s) - start ))" | tee -a "$out/summary.txt"
+  done
+done
