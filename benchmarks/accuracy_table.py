@@ -20,6 +20,8 @@ def main() -> None:
     print("|---|---|---:|---|---:|---:|---:|---:|")
     for run in runs:
         metrics = run.data.metrics
+        if "population/mean_test_acc" not in metrics:  # started, no round finished yet
+            continue
         k = int(run.data.params["population/num_models"])
         nets = ", ".join(f"{100 * metrics[f'net{i}/test_acc']:.2f}" for i in range(k))
         rounds = len(client.get_metric_history(run.info.run_id, "population/mean_test_acc"))
