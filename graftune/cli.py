@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -42,13 +44,14 @@ def add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
     Every default is None so that only flags the user typed override the config file."""
     parser.add_argument("--config", help="YAML file of settings (flat or by section); flags win")
     defaults = Config()
+    comments = setting_comments()
     for section in SECTIONS:
         group = parser.add_argument_group(section)
         for f in dataclasses.fields(getattr(defaults, section)):
             if f.name in skip:
                 continue
             default = getattr(getattr(defaults, section), f.name)
-            help_text = f"default: {default!r}"
+            help_text = f"{comments.get(f.name, '')} (default: {default!r})".strip()
             if isinstance(default, bool):
                 group.add_argument(
                     flag_name(f.name), dest=f.name, default=None,
@@ -58,6 +61,15 @@ def add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
                 group.add_argument(
                     flag_name(f.name), dest=f.name, default=None, type=str, help=help_text
                 )
+
+
+def setting_comments() -> dict[str, str]:
+    """Each setting's comment in config.py, so --help says what the dataclass says."""
+    import graftune.config
+
+    source = inspect.getsource(graftune.config)
+    found = re.findall(r"^    (\w+): [^=\n]+ = [^#\n]+#\s*(.+)$", source, flags=re.MULTILINE)
+    return {name: comment.replace("%", "%%") for name, comment in found}
 
 
 def read_yaml(path: str, what: str = "--config") -> dict[str, Any]:

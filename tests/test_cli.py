@@ -76,3 +76,11 @@ def test_config_file_values_and_flags_override_them(tmp_path):
     args = run.build_parser().parse_args(["--config", str(path), "--c", "50"])
     config = config_from_args(args)
     assert (config.graft.A, config.graft.c, config.population.num_models) == (0.2, 50.0, 6)
+
+
+def test_help_explains_each_setting_from_the_config_comments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Eq. 7 amplitude" in out and "(default: 0.4)" in out
