@@ -75,21 +75,29 @@ def test_actor_grafts_equal_the_pure_core(tmp_path):
             torch.testing.assert_close(torch.from_numpy(value), expected[k][0][key])
 
 
+def run_with_hook_after_round_1(config, hook):
+    """Run a population, calling ``hook(population)`` once round 1 is logged."""
+    started = []
+
+    def after_round(result):
+        if result.round == 1:
+            hook(started[0])
+
+    return run_experiment(
+        config, load_dataset(config.data), on_round=after_round,
+        on_start=lambda population, rounds: started.append(population),
+    )  # fmt: skip
+
+
 def test_killed_worker_is_replaced_and_every_round_logged_once(tmp_path):
     config = smoke_config(tmp_path, num_models=3, epochs=3)
-    data = load_dataset(config.data)
     killed = []
 
-    def kill_after_first_round(result):
-        if result.round == 1:
-            ray.kill(population_ref[0].actors[1], no_restart=True)
-            killed.append(1)
+    def kill_network_1(population):
+        ray.kill(population.actors[1], no_restart=True)
+        killed.append(1)
 
-    population_ref = []
-    result = run_experiment(
-        config, data, on_round=kill_after_first_round,
-        on_start=lambda population, rounds: population_ref.append(population),
-    )  # fmt: skip
+    result = run_with_hook_after_round_1(config, kill_network_1)
     assert killed == [1]
     assert [h["round"] for h in result.history] == [1, 2, 3]
     assert all(len(h["networks"]) == 3 for h in result.history)
@@ -102,23 +110,17 @@ def test_killed_worker_is_replaced_and_every_round_logged_once(tmp_path):
 
 def test_nan_network_is_restored_and_never_a_graft_source(tmp_path):
     config = smoke_config(tmp_path, num_models=3, epochs=3)
-    data = load_dataset(config.data)
-    population_ref = []
 
-    def poison_network_1(result):
-        if result.round == 1:
-            actor = population_ref[0].actors[1]
-            state = ray.get(actor.get_state.remote())
-            state["model"] = {
-                k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                for k, v in state["model"].items()
-            }
-            ray.get(actor.set_state.remote(state))
+    def poison_network_1(population):
+        actor = population.actors[1]
+        state = ray.get(actor.get_state.remote())
+        state["model"] = {
+            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+            for k, v in state["model"].items()
+        }
+        ray.get(actor.set_state.remote(state))
 
-    result = run_experiment(
-        config, data, on_round=poison_network_1,
-        on_start=lambda population, rounds: population_ref.append(population),
-    )  # fmt: skip
+    result = run_with_hook_after_round_1(config, poison_network_1)
     round2 = result.history[1]
     assert [n["restored"] for n in round2["networks"]] == [0, 1, 0]
     assert any("network 1 diverged; restored from network 0" in e for e in result.events)
