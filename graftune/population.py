@@ -4,6 +4,7 @@ synchronous rounds, surviving dead workers and diverged networks without losing 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,20 +40,34 @@ def worker_resources(
 ) -> dict[str, float]:
     """CPUs and GPUs of one worker.
 
-    A GPU each when the cluster has K of them (with one CPU: data and augmentation live on
-    the GPU); otherwise an even share of the cluster's CPUs, fractions allowed so K may
-    exceed the core count, and never more than the largest node holds, so that every
-    worker fits on some node of a cluster with unequal nodes.
+    A GPU each when the cluster has K of them, else an even share of its GPUs, with at most
+    one CPU (data and augmentation live on the GPU). Without GPUs, an even share of the
+    cluster's CPUs, fractions allowed so K may exceed the core count, and never more than
+    the largest node holds, so that every worker fits on some node of a cluster with
+    unequal nodes.
     """
     p = config.population
     gpus = p.gpus_per_worker
     if gpus < 0:
-        gpus = 1.0 if cluster.get("GPU", 0) >= p.num_models else 0.0
+        gpus = gpu_share(cluster.get("GPU", 0), p.num_models)
     share = cluster.get("CPU", 1) / p.num_models
     if largest_node_cpus:
         share = min(share, largest_node_cpus)
-    cpus = p.cpus_per_worker or (1.0 if gpus else max(0.01, int(share * 100) / 100))
+    share = max(0.01, int(share * 100) / 100)
+    cpus = p.cpus_per_worker or (min(1.0, share) if gpus else share)
     return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+
+
+def gpu_share(num_gpus: float, num_models: int) -> float:
+    """A whole GPU each when there are K; else 1/n of one, with n workers on every GPU, so
+    that the fractions fit whole GPUs (3 workers on 2 GPUs get 0.5 each, not 0.67)."""
+    whole = int(num_gpus)
+    if whole >= num_models:
+        return 1.0
+    if whole == 0:
+        return 0.0
+    per_gpu = math.ceil(num_models / whole)
+    return math.floor(10_000 / per_gpu) / 10_000  # Ray takes GPU fractions to 4 decimals
 
 
 def largest_node_cpus() -> float:

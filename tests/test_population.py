@@ -162,5 +162,11 @@ def test_worker_resources_fit_the_nodes():
     assert worker_resources(config, {"CPU": 2}) == {"CPU": 0.5}
     assert worker_resources(config, {"CPU": 24, "GPU": 4}, 4) == {"CPU": 1.0, "GPU": 1.0}
     assert worker_resources(config, {"CPU": 24}, 4) == {"CPU": 4}  # 24/4 = 6 fits no node
+    # fewer GPUs than networks: they share, in fractions that fit whole GPUs
+    assert worker_resources(config, {"CPU": 16, "GPU": 1}) == {"CPU": 1.0, "GPU": 0.25}
+    assert worker_resources(config, {"CPU": 2, "GPU": 1}) == {"CPU": 0.5, "GPU": 0.25}
+    three = with_overrides(config, {"num_models": 3})
+    assert worker_resources(three, {"CPU": 16, "GPU": 2}) == {"CPU": 1.0, "GPU": 0.5}
+    assert worker_resources(three, {"CPU": 16, "GPU": 1}) == {"CPU": 1.0, "GPU": 0.3333}
     fixed = with_overrides(config, {"cpus_per_worker": 3, "gpus_per_worker": 0})
     assert worker_resources(fixed, {"CPU": 24, "GPU": 4}) == {"CPU": 3.0}
