@@ -4,6 +4,7 @@ The loop is how the authors' code computes it: for each bin a boolean mask of th
 it, then a count. Both give the same values; the script checks that before timing.
 
     python benchmarks/bench_entropy.py --models resnet56 mobilenetv2 --repeats 5
+    python benchmarks/bench_entropy.py --device cuda   # the loop syncs once per bin there
 """
 
 from __future__ import annotations
@@ -53,15 +54,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet56", "mobilenetv2"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), best of {args.repeats}")
+    where = f"{args.threads} thread(s)"
+    if args.device.startswith("cuda"):
+        where = torch.cuda.get_device_name(args.device)
+    print(f"torch {torch.__version__}, {where}, best of {args.repeats}")
     print("| model | form | layers | per-bin loop (ms) | graftune (ms) | speed-up |")
     print("|---|---|---:|---:|---:|---:|")
     for name in args.models:
         model = create_model(name)
         state = model.state_dict()
-        weights = [state[u.weight] for u in find_graft_units(model)]
+        weights = [state[u.weight].to(args.device) for u in find_graft_units(model)]
         forms = [("layer (Eq. 6)", loop_entropy, layer_entropy),
                  ("filter-sum (Eq. 5)", loop_filter_sum, filter_sum_entropy)]  # fmt: skip
         for form, slow, fast in forms:

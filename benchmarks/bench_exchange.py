@@ -69,7 +69,12 @@ def main() -> None:
     args = parser.parse_args()
     config = with_overrides(
         Config(),
-        {"model": args.model, "num_models": args.num_models, "dataset": "synthetic", "synthetic_size": 64},
+        {
+            "model": args.model,
+            "num_models": args.num_models,
+            "dataset": "synthetic",
+            "synthetic_size": 64,
+        },
     )
     ray.init(include_dashboard=False, log_to_driver=False)
     data_ref = ray.put(load_dataset(config.data))

@@ -48,6 +48,9 @@ class Trainer:
             torch.channels_last if config.model.channels_last else torch.contiguous_format
         )
         self.model = model.to(self.device, memory_format=self.memory_format)
+        # The compiled wrapper shares the model's parameters, so weights, grafts and state
+        # dicts all stay on self.model; only the forward passes go through self.network.
+        self.network = torch.compile(self.model) if config.model.compile else self.model
         self.batches = TrainBatches(
             data.train_images, data.train_labels, t.batch_size, data.mean, data.std,
             device=self.device, seed=self.seed, channels_last=config.model.channels_last,
@@ -107,7 +110,7 @@ class Trainer:
         seen = 0
         for _ in range(steps):
             x, y = self._next_batch()
-            out = self.model(x)
+            out = self.network(x)
             loss = F.cross_entropy(out, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -139,7 +142,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         probabilities = []
         for x, y in batches:
-            out = self.model(x).float()
+            out = self.network(x).float()
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
             if with_probabilities:
@@ -191,7 +194,7 @@ class Trainer:
         self.model.train()
         order = self.batches.state_dict()  # so recalibrating does not shift the data order
         for _, (x, _) in zip(range(num_batches), self.batches.epoch()):
-            self.model(x)
+            self.network(x)
         self.batches.load_state_dict(order)
         for m, momentum in zip(norms, saved):
             m.momentum = momentum

@@ -86,3 +86,13 @@ def test_bn_recalibration_keeps_the_data_order():
     b.train_interval(1)
     batches_a, batches_b = a.batches.epoch(), b.batches.epoch()
     torch.testing.assert_close(next(batches_a)[0], next(batches_b)[0])
+
+
+def test_compiled_network_trains_the_same_weights_as_eager():
+    eager, compiled = make_trainer(), make_trainer(compile=True)
+    assert compiled.network is not compiled.model  # the forward goes through torch.compile
+    first = [eager.train_interval(2)["train_loss"], compiled.train_interval(2)["train_loss"]]
+    assert first[1] == pytest.approx(first[0], rel=1e-4)
+    for key, value in eager.model.state_dict().items():  # grafts and checkpoints see these
+        assert torch.allclose(compiled.model.state_dict()[key].float(), value.float(), atol=1e-4)
+    assert compiled.evaluate()["test_acc"] == pytest.approx(eager.evaluate()["test_acc"])
