@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Accuracy on real CIFAR-10 (BENCHMARKS.md, issue 6): ResNet-20, a 10,000-image training
-# subset, the full 10,000-image test set, 15 epochs; K=2 grafting vs the same two networks
-# trained independently (same diff-lr, cosine, seeds) vs one network at lr 0.1.
+# subset, the full 10,000-image test set, 15 epochs; grafting (K = 2 and 4) vs the same
+# networks trained independently (same diff-lr, cosine, seeds) vs one network at lr 0.1.
 #   bash benchmarks/accuracy_runs.sh ../shared/data/cifar10-jpeg.zip runs/accuracy "0 1"
 # then: python benchmarks/accuracy_table.py runs/accuracy/mlflow.db
+# ARMS picks a part, e.g. ARMS="grafted4c10 independent4"; EXTRA adds flags to every run
+# (EXTRA=--no-channels-last repeats the K = 2 runs of BENCHMARKS.md exactly).
 set -u
 data=${1:?path to the CIFAR-10 zip or folder}
 out=$(realpath -m "${2:-runs/accuracy}")
@@ -12,11 +14,17 @@ mkdir -p "$out"
 common=(--model resnet20 --dataset imagefolder --data-dir "$data" --subset 10000 --epochs 15
         --no-log-weights --checkpoint-dir "$out/checkpoints"
         --tracking-uri "sqlite:///$out/mlflow.db" --experiment accuracy)
+declare -A flags_of=(
+  [grafted]="--num-models 2"
+  [independent]="--num-models 2 --source none"
+  [single]="--num-models 1 --source none --no-diff-lr"
+  [grafted4]="--num-models 4"
+  [independent4]="--num-models 4 --source none"
+  [grafted4c10]="--num-models 4 --c 10"
+)
 for seed in $seeds; do
-  for arm in "grafted:--num-models 2" "independent:--num-models 2 --source none" \
-             "single:--num-models 1 --source none --no-diff-lr"; do
-    name=${arm%%:*}
-    read -ra flags <<< "${arm#*:}"
+  for name in ${ARMS:-grafted independent single grafted4 independent4 grafted4c10}; do
+    read -ra flags <<< "${flags_of[$name]:?unknown arm $name} ${EXTRA:-}"
     start=$(date +%s)
     python -m graftune.run "${common[@]}" --seed "$seed" --run-name "$name-seed$seed" \
         "${flags[@]}" > "$out/$name-$seed.log" 2>&1
