@@ -76,6 +76,8 @@ class PopulationConfig:
     checkpoint_dir: str = "./checkpoints"
     max_failures: int = 3  # worker deaths survived per run before giving up
     resume: str = ""  # MLflow run id of a stopped run to continue
+    asynchronous: bool = False  # no barrier: graft from the predecessor's latest snapshot
+    max_lead: int = 2  # asynchronous: rounds a network may run ahead of the slowest
 
 
 @dataclass
@@ -246,6 +248,7 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
             p.cpus_per_worker,
         ),
         (p.max_failures >= 0, "max_failures", "must be >= 0", p.max_failures),
+        (p.max_lead >= 0, "max_lead", "must be >= 0", p.max_lead),
     ]
     for ok, name, rule, value in checks:
         if not ok:

@@ -152,16 +152,21 @@ class Population:
                 self.commit()
                 return result
             except RayActorError as error:
-                self.failures += 1
-                if self.failures > self.config.population.max_failures:
-                    raise RuntimeError(
-                        f"{self.failures} worker failures, more than --max-failures "
-                        f"{self.config.population.max_failures}"
-                    ) from error
-                replaced = self._replace_dead_actors()
-                log.warning("round %d: workers %s died; redoing the round", round_index, replaced)
-                ray.get([a.set_state.remote(s) for a, s in zip(self.actors, self.last_good)])
-                self.pending_events = [f"worker {k} died and was restarted" for k in replaced]
+                self.recover(error, round_index)
+
+    def recover(self, error: RayActorError, round_index: int) -> None:
+        """Replace the dead workers and put every network back to the last good states, so
+        that ``round_index`` can be run again; give up after --max-failures deaths."""
+        self.failures += 1
+        if self.failures > self.config.population.max_failures:
+            raise RuntimeError(
+                f"{self.failures} worker failures, more than --max-failures "
+                f"{self.config.population.max_failures}"
+            ) from error
+        replaced = self._replace_dead_actors()
+        log.warning("round %d: workers %s died; redoing the round", round_index, replaced)
+        ray.get([a.set_state.remote(s) for a, s in zip(self.actors, self.last_good)])
+        self.pending_events = [f"worker {k} died and was restarted" for k in replaced]
 
     def _replace_dead_actors(self) -> list[int]:
         dead = []
@@ -193,6 +198,10 @@ class Population:
             for k, rows in enumerate(ray.get(grafts)):
                 records += [{"round": round_index, "network": k, **row} for row in rows]
         evaluations = ray.get([a.evaluate.remote(True) for a in self.actors])
+        return self.round_result(round_index, train, evaluations, records, events, restored)
+
+    def round_result(self, round_index, train, evaluations, records, events, restored):
+        """Per-network metrics and the population's mean, best and ensemble accuracy."""
         probabilities = [e.pop("probabilities") for e in evaluations]
         networks = [
             {**_train_metrics(t), **e, "restored": int(k in restored)}
@@ -238,6 +247,10 @@ def run_population(
     on_round: Callable[[RoundResult], None] | None = None,
 ) -> list[RoundResult]:
     """Run rounds ``first_round``..num_rounds, calling ``on_round`` after each."""
+    if population.config.population.asynchronous:
+        from graftune.async_rounds import run_async  # it builds on this module
+
+        return run_async(population, first_round, on_round)
     results = []
     for round_index in range(first_round, population.num_rounds + 1):
         result = population.run_round(round_index)

@@ -1,0 +1,164 @@
+"""Asynchronous grafting (DESIGN 1.6): no barrier between the networks of a round.
+
+In the synchronous ring every round waits for the slowest network. Here each network
+trains, publishes its snapshot and grafts from whatever its ring predecessor published last,
+without waiting; until its predecessor has published once, it trains on alone. This is for
+populations on unequal hardware. A network may run at most ``max_lead`` rounds ahead of the
+slowest, so that its sources stay recent and the states held for checkpoints stay bounded.
+
+Rounds are still reported whole and in order: round r is logged, checkpointed and becomes
+the restart point once every network has finished it, with each network's own state at the
+end of its round r, so ``--resume`` and worker restarts work as in the synchronous ring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from graftune.population import Population, RoundResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AsyncSchedule:
+    """Which network may start which round, and which rounds are complete: no Ray in here."""
+
+    size: int
+    first_round: int
+    last_round: int
+    max_lead: int = 2
+    published: list[int] = field(default_factory=list)  # round of each latest snapshot; 0 none
+    oldest_open: int = 0  # the first round that some network has not finished
+    finished: dict[int, set[int]] = field(default_factory=dict)
+    held: list[tuple[int, int]] = field(default_factory=list)  # (network, round) too far ahead
+
+    def __post_init__(self) -> None:
+        self.published = [0] * self.size
+        self.oldest_open = self.first_round
+
+    @property
+    def done(self) -> bool:
+        return self.oldest_open > self.last_round
+
+    def source(self, network: int) -> int | None:
+        """The ring predecessor, if it has published a snapshot to graft from."""
+        predecessor = (network - 1) % self.size
+        return predecessor if self.published[predecessor] else None
+
+    def publish(self, network: int, round_index: int) -> None:
+        self.published[network] = round_index
+
+    def finish(self, network: int, round_index: int) -> None:
+        """``network`` is done with ``round_index``; its next round waits in ``held``."""
+        self.finished.setdefault(round_index, set()).add(network)
+        if round_index < self.last_round:
+            self.held.append((network, round_index + 1))
+
+    def complete_rounds(self) -> list[int]:
+        """Rounds that every network has now finished, oldest first (each returned once)."""
+        complete = []
+        while len(self.finished.get(self.oldest_open, ())) == self.size:
+            del self.finished[self.oldest_open]
+            complete.append(self.oldest_open)
+            self.oldest_open += 1
+        return complete
+
+    def startable(self) -> list[tuple[int, int]]:
+        """Held (network, round) pairs that are now within ``max_lead`` of the slowest."""
+        ready = [(k, r) for k, r in self.held if r <= self.oldest_open + self.max_lead]
+        self.held = [pair for pair in self.held if pair not in ready]
+        return ready
+
+
+def run_async(
+    population: Population,
+    first_round: int = 1,
+    on_round: Callable[[RoundResult], None] | None = None,
+) -> list[RoundResult]:
+    """Rounds ``first_round``..num_rounds without a barrier. A dead worker is replaced, all
+    networks go back to the states of the last reported round, and they go on from there."""
+    results = []
+    while first_round <= population.num_rounds:
+        try:
+            for result in _rounds(population, first_round):
+                results.append(result)
+                first_round = result.round + 1
+                if on_round is not None:
+                    on_round(result)
+        except RayActorError as error:
+            population.recover(error, first_round)
+    return results
+
+
+def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
+    p, g = population.config.population, population.config.graft
+    schedule = AsyncSchedule(population.size, first_round, population.num_rounds, p.max_lead)
+    actors = population.actors
+    snapshots: list[Any] = [None] * population.size  # each network's latest published one
+    in_flight: dict[Any, tuple[int, int, Any]] = {}  # snapshot ref -> (network, round, train)
+    rounds: dict[int, dict[int, dict[str, Any]]] = {}  # round -> network -> its refs
+
+    def start(k: int, round_index: int) -> None:
+        train = actors[k].train_interval.remote()
+        in_flight[actors[k].snapshot.remote()] = (k, round_index, train)
+
+    for k in range(population.size):
+        start(k, first_round)
+    while not schedule.done:
+        [ready], _ = ray.wait(list(in_flight), num_returns=1)
+        k, round_index, train_ref = in_flight.pop(ready)
+        train, events = ray.get(train_ref), []
+        if train["finite"]:
+            snapshots[k] = ready
+            schedule.publish(k, round_index)
+        else:  # never a source: take the latest weights its predecessors published
+            donor = next((j for j in _ring_before(k, population.size) if snapshots[j]), None)
+            if donor is None:
+                raise RuntimeError(f"network {k} diverged (non-finite loss); lower --lr")
+            ray.get(actors[k].load_weights.remote(snapshots[donor]))
+            events.append(f"network {k} diverged; restored from network {donor}")
+            log.warning(events[-1])
+        refs: dict[str, Any] = {"train": train, "events": events, "graft": None}
+        source = schedule.source(k)
+        if g.source != "none" and round_index >= g.start_round:
+            if g.source == "noise" or source is not None:
+                refs["graft"] = actors[k].graft_from.remote(
+                    snapshots[source] if g.source == "network" else None
+                )
+        refs["evaluation"] = actors[k].evaluate.remote(True)
+        refs["state"] = actors[k].get_state.remote()  # the restart point, if round completes
+        rounds.setdefault(round_index, {})[k] = refs
+        schedule.finish(k, round_index)
+        complete = schedule.complete_rounds()  # first: it may let held networks start
+        for network, next_round in schedule.startable():
+            start(network, next_round)
+        for finished_round in complete:  # logged while the next rounds already train
+            yield _result(population, finished_round, rounds.pop(finished_round))
+
+
+def _ring_before(k: int, size: int) -> Iterator[int]:
+    return (j % size for j in range(k - 1, k - size, -1))
+
+
+def _result(population: Population, round_index: int, refs: dict[int, dict]) -> RoundResult:
+    order = range(population.size)
+    evaluations = ray.get([refs[k]["evaluation"] for k in order])
+    records: list[dict[str, Any]] = []
+    for k in order:
+        if refs[k]["graft"] is not None:
+            records += [{"round": round_index, "network": k, **row}
+                        for row in ray.get(refs[k]["graft"])]  # fmt: skip
+    population.last_good = [refs[k]["state"] for k in order]
+    events = population.pending_events + [e for k in order for e in refs[k]["events"]]
+    population.pending_events = []
+    return population.round_result(
+        round_index, [refs[k]["train"] for k in order], evaluations, records, events,
+        restored={k for k in order if refs[k]["events"]},
+    )  # fmt: skip

@@ -1,0 +1,88 @@
+"""Asynchronous grafting: the schedule on its own, then a run on real Ray actors."""
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from test_population import run_with_hook_after_round_1, smoke_config
+
+from conftest import smoke_args
+from graftune import run
+from graftune.async_rounds import AsyncSchedule
+from graftune.data import load_dataset
+from graftune.experiment import run_experiment
+
+
+def test_a_network_runs_ahead_by_at_most_max_lead_rounds():
+    schedule = AsyncSchedule(size=3, first_round=1, last_round=5, max_lead=1)
+    schedule.finish(0, 1)
+    assert schedule.startable() == [(0, 2)]  # one round ahead of the slowest: allowed
+    schedule.finish(0, 2)
+    assert schedule.startable() == []  # round 3 would be two ahead: held
+    assert schedule.complete_rounds() == []
+    schedule.finish(1, 1)
+    schedule.finish(2, 1)
+    assert schedule.complete_rounds() == [1]
+    assert sorted(schedule.startable()) == [(0, 3), (1, 2), (2, 2)]
+
+
+def test_rounds_complete_once_in_order_and_the_last_starts_nothing():
+    schedule = AsyncSchedule(size=2, first_round=4, last_round=5, max_lead=3)
+    for k, r in [(1, 4), (1, 5), (0, 4)]:
+        schedule.finish(k, r)
+    assert schedule.complete_rounds() == [4] and not schedule.done
+    schedule.finish(0, 5)
+    assert schedule.complete_rounds() == [5] and schedule.done
+    assert schedule.complete_rounds() == []
+    assert sorted(schedule.startable()) == [(0, 5), (1, 5)]  # from round 4; none after 5
+
+
+def test_max_lead_zero_is_a_barrier():
+    schedule = AsyncSchedule(size=2, first_round=1, last_round=3, max_lead=0)
+    schedule.finish(0, 1)
+    assert schedule.startable() == []
+    schedule.finish(1, 1)
+    assert schedule.complete_rounds() == [1]
+    assert sorted(schedule.startable()) == [(0, 2), (1, 2)]
+
+
+def test_the_source_is_the_predecessor_once_it_has_published():
+    schedule = AsyncSchedule(size=3, first_round=1, last_round=2)
+    assert [schedule.source(k) for k in range(3)] == [None, None, None]
+    schedule.publish(2, 1)
+    assert [schedule.source(k) for k in range(3)] == [2, None, None]  # 0's predecessor is 2
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_asynchronous_run_survives_a_killed_worker_and_logs_every_round_once(tmp_path):
+    config = smoke_config(tmp_path, num_models=3, epochs=3, asynchronous=True, max_lead=1)
+    result = run_with_hook_after_round_1(
+        config, lambda population: ray.kill(population.actors[1], no_restart=True)
+    )
+    assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert all(len(h["networks"]) == 3 for h in result.history)
+    assert any("worker 1 died" in e for e in result.events)
+    # By round 3 every predecessor has published (max_lead 1), so every network grafts.
+    assert {r["network"] for r in result.records if r["round"] == 3} == {0, 1, 2}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for k in range(3):
+        steps = [m.step for m in client.get_metric_history(result.run_id, f"net{k}/test_acc")]
+        assert steps == [1, 2, 3]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_asynchronous_run_resumes_from_its_last_reported_round(tmp_path):
+    config = smoke_config(tmp_path, num_models=2, asynchronous=True)
+
+    def stop_after_first_round(result):
+        if result.round == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, load_dataset(config.data), on_round=stop_after_first_round)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
+    run_id = stopped.info.run_id
+    assert run.main(smoke_args(tmp_path, "--resume", run_id, "--asynchronous")) == 0
+    for key in ["net1/test_acc", "population/mean_test_acc"]:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
+    assert client.get_run(run_id).info.status == "FINISHED"
