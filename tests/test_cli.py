@@ -36,6 +36,7 @@ def bad_input(capsys, argv: list[str]) -> str:
         (["--lr", "fast"], "--lr"),
         (["--level", "channel"], "--level"),
         (["--epochs", "0"], "--epochs"),
+        (["--max-lead", "-1"], "--max-lead"),
         (["--no-such-flag", "1"], "--no-such-flag"),
         (["--resume", "0123456789abcdef"], "--resume"),
     ],
