@@ -1,7 +1,11 @@
 """Asynchronous grafting: the schedule on its own, then a run on real Ray actors."""
 
+import math
+
+import numpy as np
 import pytest
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 from test_population import run_with_hook_after_round_1, smoke_config
 
@@ -86,3 +90,25 @@ def test_asynchronous_run_resumes_from_its_last_reported_round(tmp_path):
     for key in ["net1/test_acc", "population/mean_test_acc"]:
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_asynchronous_nan_network_is_restored_and_never_a_graft_source(tmp_path):
+    config = smoke_config(tmp_path, num_models=3, epochs=3, asynchronous=True, max_lead=0)
+
+    def poison_network_1(population):
+        # Round 2 was already queued when this hook runs, so the poison must act later: NaN
+        # momentum leaves the weights finite until network 1's next optimizer step, in round 3.
+        actor = population.actors[1]
+        state = ray.get(actor.get_state.remote())
+        for buffers in state["optimizer"]["state"].values():
+            buffers["momentum_buffer"] = torch.full_like(buffers["momentum_buffer"], math.nan)
+        ray.get(actor.set_state.remote(state))
+
+    result = run_with_hook_after_round_1(config, poison_network_1)
+    round3 = result.history[2]["networks"]
+    assert [n["restored"] for n in round3] == [0, 1, 0]
+    assert any("network 1 diverged; restored from network 0" in e for e in result.events)
+    assert all(math.isfinite(n["test_loss"]) for n in round3)
+    h_src = [r["h_src"] for r in result.records if r["round"] == 3 and r["network"] == 2]
+    assert h_src and all(np.isfinite(h_src))  # net2 grafted from net1's last finite snapshot
