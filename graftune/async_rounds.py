@@ -21,7 +21,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from graftune.population import Population, RoundResult
+from graftune.population import Population, RoundResult, ring_before
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
             snapshots[k] = ready
             schedule.publish(k, round_index)
         else:  # never a source: take the latest weights its predecessors published
-            donor = next((j for j in _ring_before(k, population.size) if snapshots[j]), None)
+            ring = ring_before(k, population.size)
+            donor = next((j for j in ring if snapshots[j] is not None), None)
             if donor is None:
                 raise RuntimeError(f"network {k} diverged (non-finite loss); lower --lr")
             ray.get(actors[k].load_weights.remote(snapshots[donor]))
@@ -141,10 +142,6 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
             start(network, next_round)
         for finished_round in complete:  # logged while the next rounds already train
             yield _result(population, finished_round, rounds.pop(finished_round))
-
-
-def _ring_before(k: int, size: int) -> Iterator[int]:
-    return (j % size for j in range(k - 1, k - size, -1))
 
 
 def _result(population: Population, round_index: int, refs: dict[int, dict]) -> RoundResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,8 +221,7 @@ class Population:
         if len(bad) == self.size:
             raise RuntimeError("every network diverged (non-finite loss); lower --lr")
         for k in sorted(bad):
-            ring = (j % self.size for j in range(k - 1, k - self.size, -1))
-            donor = next(j for j in ring if j not in bad)
+            donor = next(j for j in ring_before(k, self.size) if j not in bad)
             ray.get(self.actors[k].load_weights.remote(self.actors[donor].snapshot.remote()))
             events.append(f"network {k} diverged; restored from network {donor}")
             log.warning(events[-1])
@@ -235,6 +234,11 @@ class Population:
         if self.owns_placement and self.placement is not None:
             remove_placement_group(self.placement)
             self.placement = None
+
+
+def ring_before(k: int, size: int) -> Iterator[int]:
+    """The other networks of the ring, nearest predecessor first."""
+    return (j % size for j in range(k - 1, k - size, -1))
 
 
 def _train_metrics(train: dict[str, Any]) -> dict[str, Any]:
