@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -26,7 +25,7 @@ from graftune.cli import (
 from graftune.config import Config, ConfigError, from_flat, validate
 from graftune.data import DataError, ImageSet, load_dataset
 from graftune.models import list_models
-from graftune.tracking import browse_command, resolve_tracking_uri
+from graftune.tracking import browse_command, open_store
 
 console = Console(stderr=True)
 
@@ -47,7 +46,7 @@ def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Any]:
     args = build_parser().parse_args(argv)
     base = None
     if args.resume:  # the stopped run's own settings, then whatever flags were typed
-        client = MlflowClient(resolve_tracking_uri(args.tracking_uri or ""))
+        client = open_store(args.tracking_uri or "")
         try:
             params = client.get_run(args.resume).data.params
         except Exception as error:  # MLflow raises its own types for an unknown run
@@ -56,6 +55,7 @@ def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Any]:
             ) from None
         base = from_flat(params)
     config = validate(config_from_args(args, base), known_models=list_models())
+    open_store(config.tracking.tracking_uri)
     resume = resume_payload(config)
     data = load_dataset(config.data)
     return config, data, resume

@@ -27,6 +27,24 @@ def resolve_tracking_uri(uri: str = "") -> str:
     return uri or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
 
 
+def open_store(uri: str = "") -> MlflowClient:
+    """A client for the tracking store, checked by one read before any training starts.
+
+    MLflow only reports a bad URI (an unknown scheme, a SQLite file in a missing folder, a
+    server that does not answer) when it is first used; without this check that would be
+    after the data has loaded, or after the first round."""
+    resolved = resolve_tracking_uri(uri)
+    try:
+        client = MlflowClient(resolved)
+        client.search_experiments(max_results=1)
+    except Exception as error:  # MLflow raises a different type for each kind of store
+        raise ValueError(
+            f"--tracking-uri {resolved!r}: MLflow cannot open it ({type(error).__name__}); use "
+            "sqlite:///PATH.db, http(s)://HOST:PORT, or leave it empty for ./mlflow.db"
+        ) from None
+    return client
+
+
 def browse_command(tracking_uri: str) -> str:
     """The command that shows these runs in the MLflow UI (bound to localhost)."""
     if tracking_uri.startswith(("http://", "https://")):

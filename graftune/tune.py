@@ -53,7 +53,13 @@ from graftune.searchspace import (
     load_search_space,
     trial_overrides,
 )
-from graftune.tracking import PARENT_TAG, Tracker, browse_command, resolve_tracking_uri
+from graftune.tracking import (
+    PARENT_TAG,
+    Tracker,
+    browse_command,
+    open_store,
+    resolve_tracking_uri,
+)
 from graftune.trial import DRIVER_BUNDLE, run_trial, trial_resources
 
 STATE_FILE = "graftune-search.json"  # in the Tune experiment dir: what --resume needs
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         args, config, space, state = prepare(build_parser().parse_args(argv))
+        open_store(config.tracking.tracking_uri)
         data = load_dataset(config.data)
     except (ConfigError, DataError, ValueError) as error:
         fail(str(error))

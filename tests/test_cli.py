@@ -39,6 +39,7 @@ def bad_input(capsys, argv: list[str]) -> str:
         (["--max-lead", "-1"], "--max-lead"),
         (["--no-such-flag", "1"], "--no-such-flag"),
         (["--resume", "0123456789abcdef"], "--resume"),
+        (["--tracking-uri", "bogus://store"], "--tracking-uri"),
     ],
 )
 def test_bad_setting(tmp_path, capsys, extra, named):
