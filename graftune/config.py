@@ -183,7 +183,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{flag_name(name)} must be a {kind.__name__}, got {value!r}") from None
+        wanted = {int: "an integer", float: "a number", bool: "true or false"}.get(
+            kind, kind.__name__
+        )
+        raise ConfigError(f"{flag_name(name)} must be {wanted}, got {value!r}") from None
 
 
 def validate(config: Config, known_models: list[str] | None = None) -> Config:

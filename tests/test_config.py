@@ -35,7 +35,7 @@ def test_one_network_is_allowed_without_a_source():
 
 
 def test_wrong_type_and_unknown_setting():
-    with pytest.raises(ConfigError, match="--epochs must be a int"):
+    with pytest.raises(ConfigError, match="--epochs must be an integer"):
         with_overrides(Config(), {"epochs": "many"})
     with pytest.raises(ConfigError, match="unknown setting 'alpha'"):
         with_overrides(Config(), {"alpha": 0.3})
