@@ -21,7 +21,14 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from graftune.population import Population, RoundResult, ring_before
+from graftune.core.graft import predecessor
+from graftune.population import (
+    Population,
+    RoundResult,
+    graft_records,
+    grafts_in_round,
+    ring_before,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +56,8 @@ class AsyncSchedule:
 
     def source(self, network: int) -> int | None:
         """The ring predecessor, if it has published a snapshot to graft from."""
-        predecessor = (network - 1) % self.size
-        return predecessor if self.published[predecessor] else None
+        source = predecessor(network, self.size)
+        return source if self.published[source] else None
 
     def publish(self, network: int, round_index: int) -> None:
         self.published[network] = round_index
@@ -127,13 +134,16 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
             events.append(f"network {k} diverged; restored from network {donor}")
             log.warning(events[-1])
         refs: dict[str, Any] = {"train": train, "events": events, "graft": None}
+        # Evaluated before the graft: the round's metrics are those of the trained network.
+        refs["evaluation"] = actors[k].evaluate.remote(True)
         source = schedule.source(k)
-        if g.source != "none" and round_index >= g.start_round:
+        if grafts_in_round(population.config, round_index, population.num_rounds):
             if g.source == "noise" or source is not None:
                 refs["graft"] = actors[k].graft_from.remote(
                     snapshots[source] if g.source == "network" else None
                 )
-        refs["evaluation"] = actors[k].evaluate.remote(True)
+                if g.eval_after_graft:
+                    refs["grafted"] = actors[k].evaluate.remote(False)
         refs["state"] = actors[k].get_state.remote()  # the restart point, if round completes
         rounds.setdefault(round_index, {})[k] = refs
         schedule.finish(k, round_index)
@@ -150,8 +160,9 @@ def _result(population: Population, round_index: int, refs: dict[int, dict]) -> 
     records: list[dict[str, Any]] = []
     for k in order:
         if refs[k]["graft"] is not None:
-            records += [{"round": round_index, "network": k, **row}
-                        for row in ray.get(refs[k]["graft"])]  # fmt: skip
+            records += graft_records(round_index, k, ray.get(refs[k]["graft"]))
+        if "grafted" in refs[k]:
+            evaluations[k]["test_acc_grafted"] = ray.get(refs[k]["grafted"])["test_acc"]
     population.last_good = [refs[k]["state"] for k in order]
     events = population.pending_events + [e for k in order for e in refs[k]["events"]]
     population.pending_events = []

@@ -64,6 +64,7 @@ class GraftConfig:
     interval_steps: int = 0  # ... or this many optimizer steps, when > 0
     start_round: int = 1  # first round that ends with a graft (later = train apart first)
     bn_recalibrate_batches: int = 0  # re-estimate BN statistics on this many batches after a graft
+    eval_after_graft: bool = False  # also log net{k}/test_acc_grafted, right after each graft
 
 
 @dataclass

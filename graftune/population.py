@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from graftune.config import Config, flatten
 from graftune.core import population_summary
+from graftune.core.graft import predecessor
 from graftune.worker import GraftWorker
 
 log = logging.getLogger("graftune")
@@ -180,24 +181,30 @@ class Population:
         return dead
 
     def _round(self, round_index: int) -> RoundResult:
+        """Train, evaluate the trained networks (the round's metrics), then graft, except
+        after the last interval: what is reported and kept is always a trained network."""
         events, self.pending_events = self.pending_events, []
         train = ray.get([a.train_interval.remote() for a in self.actors])
         restored = self._restore_diverged(train, events)
+        evaluations = ray.get([a.evaluate.remote(True) for a in self.actors])
         records: list[dict[str, Any]] = []
-        g = self.config.graft
-        if g.source != "none" and round_index >= g.start_round:
+        if grafts_in_round(self.config, round_index, self.num_rounds):
+            g = self.config.graft
             # All snapshots are requested before any graft, and each actor runs its calls in
             # order, so every graft reads its predecessor's pre-graft weights.
             snapshots = (
                 [a.snapshot.remote() for a in self.actors] if g.source == "network" else None
             )
             grafts = [
-                a.graft_from.remote(snapshots[k - 1] if snapshots else None)
+                a.graft_from.remote(snapshots[predecessor(k, self.size)] if snapshots else None)
                 for k, a in enumerate(self.actors)
             ]
             for k, rows in enumerate(ray.get(grafts)):
-                records += [{"round": round_index, "network": k, **row} for row in rows]
-        evaluations = ray.get([a.evaluate.remote(True) for a in self.actors])
+                records += graft_records(round_index, k, rows)
+            if g.eval_after_graft:
+                grafted = ray.get([a.evaluate.remote(False) for a in self.actors])
+                for evaluation, after in zip(evaluations, grafted):
+                    evaluation["test_acc_grafted"] = after["test_acc"]
         return self.round_result(round_index, train, evaluations, records, events, restored)
 
     def round_result(self, round_index, train, evaluations, records, events, restored):
@@ -236,9 +243,21 @@ class Population:
             self.placement = None
 
 
+def grafts_in_round(config: Config, round_index: int, num_rounds: int) -> bool:
+    """Whether round ``round_index`` ends with a graft: from --start-round on, never after
+    the last interval (the final networks are trained ones), never for --source none."""
+    g = config.graft
+    return g.source != "none" and g.start_round <= round_index < num_rounds
+
+
+def graft_records(round_index: int, network: int, rows: list[dict[str, Any]]) -> list[dict]:
+    """One graft's per-unit entropy/alpha rows, labelled with its round and receiver."""
+    return [{"round": round_index, "network": network, **row} for row in rows]
+
+
 def ring_before(k: int, size: int) -> Iterator[int]:
     """The other networks of the ring, nearest predecessor first."""
-    return (j % size for j in range(k - 1, k - size, -1))
+    return (predecessor(k - i, size) for i in range(size - 1))
 
 
 def _train_metrics(train: dict[str, Any]) -> dict[str, Any]:

@@ -115,6 +115,9 @@ def print_summary(result) -> None:
     table.add_row("mean", f"{p['mean_test_acc']:.2%}", "")
     table.add_row("best", f"{p['best_test_acc']:.2%}", "")
     table.add_row("ensemble", f"{p['ensemble_test_acc']:.2%}", "")
+    if "best_test_acc_over_rounds" in p:  # the authors' figure; chosen on the test set
+        table.add_row("best over rounds*", f"{p['best_test_acc_over_rounds']:.2%}", "")
+        table.caption = "* the best of any round, picked on the test set: optimistic"
     Console().print(table)
     print(f"MLflow run: {result.run_id}")
     print(f"browse it:  {browse_command(result.tracking_uri)}")

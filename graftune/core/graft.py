@@ -143,9 +143,15 @@ def _graft_filters(own, theirs, policy: GraftPolicy):
     return mixed, record
 
 
+def predecessor(k: int, size: int) -> int:
+    """Network k's graft source in the ring: k - 1, and the last network for the first."""
+    return (k - 1) % size
+
+
 def ring_graft(
     states: Sequence[StateLike], units: Sequence[GraftUnit], policy: GraftPolicy
 ) -> list[tuple[dict[str, torch.Tensor], list[dict[str, Any]]]]:
     """One synchronous round: network k grafts from network k-1 (the first from the last),
     all from the snapshots taken before any graft, so the order of work does not matter."""
-    return [graft(states[k], states[k - 1], units, policy) for k in range(len(states))]
+    size = len(states)
+    return [graft(states[k], states[predecessor(k, size)], units, policy) for k in range(size)]
