@@ -1,4 +1,4 @@
-"""Asynchronous grafting (DESIGN 1.6): no barrier between the networks of a round.
+"""Asynchronous grafting: no barrier between the networks of a round.
 
 In the synchronous ring every round waits for the slowest network. Here each network
 trains, publishes its snapshot and grafts from whatever its ring predecessor published last,
@@ -6,7 +6,8 @@ without waiting; until its predecessor has published once, it trains on alone. T
 populations on unequal hardware. A network may run at most ``max_lead`` rounds ahead of the
 slowest, so that its sources stay recent and the states held for checkpoints stay bounded.
 
-Rounds are still reported whole and in order: round r is logged, checkpointed and becomes
+Every worker holds one network here (the population never fuses asynchronous runs), so
+worker k is network k. Rounds are still reported whole and in order: round r is logged, checkpointed and becomes
 the restart point once every network has finished it, with each network's own state at the
 end of its round r, so ``--resume`` and worker restarts work as in the synchronous ring.
 """
@@ -114,14 +115,14 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
 
     def start(k: int, round_index: int) -> None:
         train = actors[k].train_interval.remote()
-        in_flight[actors[k].snapshot.remote()] = (k, round_index, train)
+        in_flight[actors[k].snapshot.remote(0)] = (k, round_index, train)
 
     for k in range(population.size):
         start(k, first_round)
     while not schedule.done:
         [ready], _ = ray.wait(list(in_flight), num_returns=1)
         k, round_index, train_ref = in_flight.pop(ready)
-        train, events = ray.get(train_ref), []
+        [train], events = ray.get(train_ref), []
         if train["finite"]:
             snapshots[k] = ready
             schedule.publish(k, round_index)
@@ -130,7 +131,7 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
             donor = next((j for j in ring if snapshots[j] is not None), None)
             if donor is None:
                 raise RuntimeError(f"network {k} diverged (non-finite loss); lower --lr")
-            ray.get(actors[k].load_weights.remote(snapshots[donor]))
+            ray.get(actors[k].load_weights.remote(0, snapshots[donor]))
             events.append(f"network {k} diverged; restored from network {donor}")
             log.warning(events[-1])
         refs: dict[str, Any] = {"train": train, "events": events, "graft": None}
@@ -140,7 +141,7 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
         if grafts_in_round(population.config, round_index, population.num_rounds):
             if g.source == "noise" or source is not None:
                 refs["graft"] = actors[k].graft_from.remote(
-                    snapshots[source] if g.source == "network" else None
+                    [snapshots[source] if g.source == "network" else None]
                 )
                 if g.eval_after_graft:
                     refs["grafted"] = actors[k].evaluate.remote(False)
@@ -156,13 +157,13 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
 
 def _result(population: Population, round_index: int, refs: dict[int, dict]) -> RoundResult:
     order = range(population.size)
-    evaluations = ray.get([refs[k]["evaluation"] for k in order])
+    evaluations = [e for k in order for e in ray.get(refs[k]["evaluation"])]
     records: list[dict[str, Any]] = []
     for k in order:
         if refs[k]["graft"] is not None:
-            records += graft_records(round_index, k, ray.get(refs[k]["graft"]))
+            records += graft_records(round_index, k, ray.get(refs[k]["graft"])[0])
         if "grafted" in refs[k]:
-            evaluations[k]["test_acc_grafted"] = ray.get(refs[k]["grafted"])["test_acc"]
+            evaluations[k]["test_acc_grafted"] = ray.get(refs[k]["grafted"])[0]["test_acc"]
     population.last_good = [refs[k]["state"] for k in order]
     events = population.pending_events + [e for k in order for e in refs[k]["events"]]
     population.pending_events = []

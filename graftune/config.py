@@ -21,6 +21,7 @@ class ModelConfig:
     model: str = "resnet32"  # a name from graftune.models.list_models(); the paper's main net
     channels_last: bool = True  # NHWC layout: +16% train, +11% eval img/s for resnet20 on CPU
     compile: bool = False  # torch.compile the network; off: resnet20 trains 15% slower with it
+    precision: str = "auto"  # auto (bf16 autocast on GPUs that have it, fp32 on CPUs) | bf16 | fp32
 
 
 @dataclass
@@ -79,6 +80,7 @@ class PopulationConfig:
     resume: str = ""  # MLflow run id of a stopped run to continue
     asynchronous: bool = False  # no barrier: graft from the predecessor's latest snapshot
     max_lead: int = 2  # asynchronous: rounds a network may run ahead of the slowest
+    fuse: str = "auto"  # on: a worker per device trains its networks in one step | off | auto
 
 
 @dataclass
@@ -109,6 +111,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "weighting": ("adaptive", "fixed"),
     "entropy_form": ("layer", "filter_sum"),
     "placement": ("PACK", "SPREAD"),
+    "precision": ("auto", "bf16", "fp32"),
+    "fuse": ("auto", "on", "off"),
 }
 
 
@@ -262,6 +266,15 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
             f"--num-models must be >= 2 when --source is network (a ring needs a predecessor); "
             f"got {p.num_models}. Use --source none to train one network alone."
         )
+    if p.fuse == "on":
+        unfusable = [
+            ("asynchronous", p.asynchronous, "asynchronous rounds run one network per worker"),
+            ("compile", m.compile, "--compile applies to unfused workers"),
+            ("bn_recalibrate_batches", g.bn_recalibrate_batches > 0, "recalibration is unfused"),
+        ]
+        for name, on, why in unfusable:
+            if on:
+                raise ConfigError(f"--fuse on cannot be combined with {flag_name(name)} ({why})")
     if d.dataset == "imagefolder" and not d.data_dir:
         raise ConfigError("--data-dir must name the image folder or .zip for --dataset imagefolder")
     return config

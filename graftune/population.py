@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from graftune.config import Config, flatten
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
+from graftune.fused import fusable
 from graftune.worker import GraftWorker
 
 log = logging.getLogger("graftune")
@@ -76,8 +77,39 @@ def largest_node_cpus() -> float:
     return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
 
 
+def worker_layout(
+    config: Config, cluster: dict[str, float], largest_node_cpus: float | None = None,
+    num_workers: int | None = None,
+) -> tuple[list[list[int]], dict[str, float], bool]:  # fmt: skip
+    """Which networks each worker holds, one worker's resources, and whether it fuses.
+
+    Fused (``--fuse on``, or ``auto`` with GPUs): one worker per GPU, up to K, holding an
+    even, contiguous share of the networks (K = 8 on 2 GPUs: two workers of four), or one
+    worker for all of them on CPUs. Unfused: one worker per network, as before.
+    ``num_workers`` fixes the count (a Tune trial's placement group already has it).
+    """
+    k, gpus = config.population.num_models, int(cluster.get("GPU", 0))
+    fuse = config.population.fuse
+    unfusable = (
+        config.population.asynchronous
+        or config.model.compile
+        or config.graft.bn_recalibrate_batches > 0
+    )
+    if fuse == "off" or (fuse == "auto" and not gpus) or unfusable:
+        return [[i] for i in range(k)], worker_resources(config, cluster, largest_node_cpus), False
+    count = num_workers or (min(gpus, k) if gpus else 1)
+    groups = [list(range(k))[w * k // count : (w + 1) * k // count] for w in range(count)]
+    cpus = cluster.get("CPU", 1) / count
+    if largest_node_cpus:
+        cpus = min(cpus, largest_node_cpus)
+    cpus = config.population.cpus_per_worker or max(0.01, int(cpus * 100) / 100)
+    if gpus:
+        return groups, {"CPU": min(1.0, cpus), "GPU": 1.0}, True
+    return groups, {"CPU": cpus}, True
+
+
 class Population:
-    """K networks as Ray actors. Use :meth:`start`, then :meth:`run_round` per round."""
+    """K networks on Ray actors. Use :meth:`start`, then :meth:`run_round` per round."""
 
     def __init__(
         self,
@@ -91,7 +123,8 @@ class Population:
         self.placement, self.bundle_offset = placement, bundle_offset
         self.owns_placement = placement is None
         self.actors: list[Any] = []
-        self.last_good: list[ray.ObjectRef] = []  # states after the last finished round
+        self.groups: list[list[int]] = []  # the networks of each actor, in ring order
+        self.last_good: list[ray.ObjectRef] = []  # per actor: states after the last round
         self.failures = 0
         self.pending_events: list[str] = []  # reported with the next finished round
 
@@ -100,20 +133,37 @@ class Population:
         return self.config.population.num_models
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
-        self.resources = worker_resources(self.config, ray.cluster_resources(), largest_node_cpus())
+        num_workers = None
+        if self.placement is not None:
+            num_workers = len(self.placement.bundle_specs) - self.bundle_offset
+        self.groups, self.resources, self.fused = worker_layout(
+            self.config, ray.cluster_resources(), largest_node_cpus(), num_workers
+        )
+        self.fuse_note = ""
+        if self.fused and (why := fusable(self.config.model.model)):
+            self.fuse_note = (
+                f"{self.config.model.model} cannot be fused ({why}); one network per worker"
+            )
+            log.warning(self.fuse_note)
+            self.groups = [[k] for k in range(self.size)]
+            self.resources, self.fused = (
+                worker_resources(self.config, ray.cluster_resources()),
+                False,
+            )
         if self.placement is None:
-            bundles = [dict(self.resources) for _ in range(self.size)]
+            bundles = [dict(self.resources) for _ in self.groups]
             self.placement = placement_group(bundles, strategy=self.config.population.placement)
             try:
                 ray.get(self.placement.ready(), timeout=ready_timeout_s)
             except GetTimeoutError:
                 remove_placement_group(self.placement)
                 raise RuntimeError(
-                    f"the cluster cannot place {self.size} workers of {self.resources} "
+                    f"the cluster cannot place {len(self.groups)} workers of {self.resources} "
                     f"(it has {ray.cluster_resources()}); lower --num-models or set "
                     f"--cpus-per-worker / --gpus-per-worker"
                 ) from None
-        self.actors = [self._new_actor(k) for k in range(self.size)]
+        self.where = [(a, s) for a, group in enumerate(self.groups) for s in range(len(group))]
+        self.actors = [self._new_actor(a) for a in range(len(self.groups))]
         self.info = ray.get([a.info.remote() for a in self.actors])
         self.commit()
 
@@ -126,11 +176,20 @@ class Population:
             num_cpus=self.resources["CPU"],
             num_gpus=self.resources.get("GPU", 0),
             scheduling_strategy=strategy,
-        ).remote(flatten(self.config), index, self.data_ref, threads)
+        ).remote(flatten(self.config), self.groups[index], self.data_ref, threads, self.fused)
 
     @property
     def num_rounds(self) -> int:
         return self.info[0]["num_rounds"]
+
+    def actor_of(self, k: int) -> tuple[Any, int]:
+        """The actor that holds network k, and k's slot in it."""
+        a, slot = self.where[k]
+        return self.actors[a], slot
+
+    def per_network(self, refs: list[ray.ObjectRef]) -> list[Any]:
+        """Per-actor lists of results, flattened into network order."""
+        return [item for items in ray.get(refs) for item in items]
 
     def commit(self) -> None:
         """Remember every network's full state (in the object store) as the last good one."""
@@ -138,11 +197,22 @@ class Population:
         ray.wait(self.last_good, num_returns=len(self.last_good))
 
     def states(self) -> list[dict[str, Any]]:
-        return ray.get(self.last_good)
+        """Every network's state, in network order."""
+        return self.per_network(self.last_good)
 
     def load_states(self, states: list[Any]) -> None:
-        ray.get([a.set_state.remote(s) for a, s in zip(self.actors, states)])
+        ray.get(
+            [a.set_state.remote([states[k] for k in g]) for a, g in zip(self.actors, self.groups)]
+        )
         self.commit()
+
+    def snapshot_refs(self) -> list[ray.ObjectRef]:
+        """One object-store entry per network's graft snapshot, in network order."""
+        refs = []
+        for actor, group in zip(self.actors, self.groups):
+            out = actor.snapshots.options(num_returns=len(group)).remote()
+            refs += out if len(group) > 1 else [out]
+        return refs
 
     def run_round(self, round_index: int) -> RoundResult:
         """One round; a dead worker is replaced, all networks go back to the last good
@@ -184,28 +254,34 @@ class Population:
         """Train, evaluate the trained networks (the round's metrics), then graft, except
         after the last interval: what is reported and kept is always a trained network."""
         events, self.pending_events = self.pending_events, []
-        train = ray.get([a.train_interval.remote() for a in self.actors])
+        train = self.per_network([a.train_interval.remote() for a in self.actors])
         restored = self._restore_diverged(train, events)
-        evaluations = ray.get([a.evaluate.remote(True) for a in self.actors])
+        evaluations = self.per_network([a.evaluate.remote(True) for a in self.actors])
         records: list[dict[str, Any]] = []
         if grafts_in_round(self.config, round_index, self.num_rounds):
-            g = self.config.graft
-            # All snapshots are requested before any graft, and each actor runs its calls in
-            # order, so every graft reads its predecessor's pre-graft weights.
-            snapshots = (
-                [a.snapshot.remote() for a in self.actors] if g.source == "network" else None
-            )
-            grafts = [
-                a.graft_from.remote(snapshots[predecessor(k, self.size)] if snapshots else None)
-                for k, a in enumerate(self.actors)
-            ]
-            for k, rows in enumerate(ray.get(grafts)):
+            # Every snapshot is requested before any graft, and each actor runs its calls in
+            # order, so every graft reads its predecessor's pre-graft weights; a predecessor
+            # on the same actor is read there, on the device, before any of its grafts.
+            snapshots = self.snapshot_refs() if self.config.graft.source == "network" else None
+            grafts = []
+            for actor, group in zip(self.actors, self.groups):
+                sources = [self._source(k, group, snapshots) for k in group]
+                grafts.append(actor.graft_from.remote(sources))
+            for k, rows in enumerate(self.per_network(grafts)):
                 records += graft_records(round_index, k, rows)
-            if g.eval_after_graft:
-                grafted = ray.get([a.evaluate.remote(False) for a in self.actors])
+            if self.config.graft.eval_after_graft:
+                grafted = self.per_network([a.evaluate.remote(False) for a in self.actors])
                 for evaluation, after in zip(evaluations, grafted):
                     evaluation["test_acc_grafted"] = after["test_acc"]
         return self.round_result(round_index, train, evaluations, records, events, restored)
+
+    def _source(self, k: int, group: list[int], snapshots: list | None):
+        """Network k's graft source: its predecessor's slot when the same actor holds it,
+        else the predecessor's snapshot in the object store; None for noise."""
+        if snapshots is None:
+            return None
+        source = predecessor(k, self.size)
+        return group.index(source) if source in group else snapshots[source]
 
     def round_result(self, round_index, train, evaluations, records, events, restored):
         """Per-network metrics and the population's mean, best and ensemble accuracy."""
@@ -229,7 +305,8 @@ class Population:
             raise RuntimeError("every network diverged (non-finite loss); lower --lr")
         for k in sorted(bad):
             donor = next(j for j in ring_before(k, self.size) if j not in bad)
-            ray.get(self.actors[k].load_weights.remote(self.actors[donor].snapshot.remote()))
+            (actor, slot), (donor_actor, donor_slot) = self.actor_of(k), self.actor_of(donor)
+            ray.get(actor.load_weights.remote(slot, donor_actor.snapshot.remote(donor_slot)))
             events.append(f"network {k} diverged; restored from network {donor}")
             log.warning(events[-1])
         return bad

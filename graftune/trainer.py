@@ -32,6 +32,29 @@ def initial_lr(lr: float, index: int, num_models: int, diff_lr: bool = True) -> 
     return lr * (1.0 + math.cos(math.pi * (num_models - k) / num_models)) / 2.0
 
 
+def lr_factor(t: Any, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """The schedule's multiplier of the peak learning rate at optimizer step ``step``:
+    cosine annealed per step, or x ``step_gamma`` every ``step_epochs`` epochs."""
+    if t.schedule == "step":
+        return t.step_gamma ** (step // (t.step_epochs * steps_per_epoch))
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs that support it ("auto" or "bf16"); fp32 on CPUs, where bf16
+    convolutions are slower, and whenever "fp32" is asked for."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The forward passes' autocast context (a no-op for fp32); weights stay fp32."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 class Trainer:
     """Trains network ``index`` of a population of ``config.population.num_models``."""
 
@@ -69,14 +92,33 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.policy = GraftPolicy.from_config(config.graft)
         self.noise = torch.Generator().manual_seed(self.seed)
+        self.autocast = autocast_dtype(config.model.precision, self.device)
         self.step = 0
         self._epoch = iter(())
 
     def _lr_factor(self, step: int) -> float:
-        t = self.config.train
-        if t.schedule == "step":
-            return t.step_gamma ** (step // (t.step_epochs * self.steps_per_epoch))
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        return lr_factor(self.config.train, step, self.steps_per_epoch, self.total_steps)
+
+    @staticmethod
+    def optimizer_template(config: Config, peak_lr: float, lr: float, num_params: int) -> dict:
+        """The optimizer state dict of a Trainer at learning rate ``lr``, without momentum:
+        what a fused worker fills in, so its checkpoints load into a Trainer."""
+        t = config.train
+        params = [torch.zeros(1, requires_grad=True) for _ in range(num_params)]
+        optimizer = torch.optim.SGD(
+            params, lr=peak_lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+        state = optimizer.state_dict()
+        state["param_groups"][0].update(lr=lr, initial_lr=peak_lr)
+        return state
+
+    @staticmethod
+    def scheduler_template(peak_lr: float, lr: float, step: int) -> dict:
+        """The LambdaLR state dict of a Trainer ``step`` optimizer steps in."""
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
+        state = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0).state_dict()
+        state.update(last_epoch=step, _step_count=step + 1, _last_lr=[lr])
+        return state
 
     @property
     def steps_per_round(self) -> int:
@@ -110,8 +152,9 @@ class Trainer:
         seen = 0
         for _ in range(steps):
             x, y = self._next_batch()
-            out = self.network(x)
-            loss = F.cross_entropy(out, y)
+            with autocast(self.device, self.autocast):
+                out = self.network(x)
+            loss = F.cross_entropy(out.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -142,7 +185,8 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         probabilities = []
         for x, y in batches:
-            out = self.network(x).float()
+            with autocast(self.device, self.autocast):
+                out = self.network(x).float()
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
             if with_probabilities:
@@ -160,7 +204,9 @@ class Trainer:
         return metrics
 
     def weights_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        """Parameters and float buffers (BatchNorm statistics) all finite."""
+        state = self.model.state_dict().values()
+        return all(bool(torch.isfinite(v).all()) for v in state if v.is_floating_point())
 
     def snapshot(self) -> Snapshot:
         """The graft units' tensors in one numpy buffer: what travels to the successor."""

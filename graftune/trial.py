@@ -20,7 +20,7 @@ from graftune.checkpoint import CHECKPOINT_NAME, check_compatible, checkpoint_pa
 from graftune.cli import quiet_libraries
 from graftune.config import Config, with_overrides
 from graftune.data import ImageSet
-from graftune.population import RoundResult, worker_resources
+from graftune.population import RoundResult, worker_layout
 from graftune.searchspace import trial_config
 
 TRIAL_FILE = "trial.json"  # beside population.pt in a trial's Tune checkpoint
@@ -28,10 +28,11 @@ DRIVER_BUNDLE = {"CPU": 1.0}  # the trial's own process: it waits on its workers
 
 
 def trial_resources(params: dict[str, Any], base: Config, cluster: dict):
-    """One bundle for the trial's driver, then one per worker of its own population size."""
+    """One bundle for the trial's driver, then one per worker of its own population: one
+    per network, or one per GPU when the networks are fused."""
     config = trial_config(base, params)
-    worker = worker_resources(config, cluster)
-    bundles = [dict(DRIVER_BUNDLE)] + [dict(worker) for _ in range(config.population.num_models)]
+    groups, worker, _ = worker_layout(config, cluster)
+    bundles = [dict(DRIVER_BUNDLE)] + [dict(worker) for _ in groups]
     return tune.PlacementGroupFactory(bundles, strategy=config.population.placement)
 
 

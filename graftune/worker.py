@@ -1,7 +1,11 @@
-"""The Ray actor of one network: a thin shell over :class:`graftune.trainer.Trainer`.
+"""The Ray actor of one device: a thin shell over the networks it trains.
 
-Snapshots leave the actor as one numpy buffer (:mod:`graftune.snapshot`), so Ray's object
-store carries them (zero-copy for readers on the same node) and no model is ever pickled.
+A worker holds one or more networks of the population: a :class:`~graftune.fused.FusedTrainer`
+(all of them in one step) or a :class:`~graftune.fused.TrainerGroup` (separate Trainers).
+Every method takes and returns one entry per network it holds, in the order of ``indices``.
+Snapshots leave the actor as one numpy buffer per network (:mod:`graftune.snapshot`), so
+Ray's object store carries them (zero-copy for readers on the same node) and no model is
+ever pickled.
 """
 
 from __future__ import annotations
@@ -14,51 +18,66 @@ import torch
 
 from graftune.config import Config, from_flat
 from graftune.data import ImageSet
+from graftune.fused import FusedTrainer, Source, TrainerGroup
 from graftune.snapshot import Snapshot
-from graftune.trainer import Trainer
 
 
 @ray.remote(max_restarts=0)
 class GraftWorker:
-    """One network of the population; every method is a step the driver schedules."""
+    """Networks ``indices`` of the population; every method is a step the driver schedules."""
 
-    def __init__(self, flat_config: dict[str, Any], index: int, data: ImageSet, threads: int):
+    def __init__(
+        self,
+        flat_config: dict[str, Any],
+        indices: list[int],
+        data: ImageSet,
+        threads: int,
+        fused: bool = False,
+    ):
         # Ray resolves the data ObjectRef before __init__: the arrays are shared, not copied.
         torch.set_num_threads(max(1, threads))
         config: Config = from_flat(flat_config)
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.trainer = Trainer(config, index, data, device=device)
+        group = FusedTrainer if fused else TrainerGroup
+        self.networks = group(config, indices, data, device=device)
+        self.fused = fused
 
     def info(self) -> dict[str, Any]:
         return {
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
-            "device": str(self.trainer.device),
+            "device": str(self.networks.device),
             "threads": torch.get_num_threads(),
-            "num_rounds": self.trainer.num_rounds,
-            "steps_per_round": self.trainer.steps_per_round,
+            "networks": self.networks.indices,
+            "fused": self.fused,
+            "num_rounds": self.networks.num_rounds,
+            "steps_per_round": self.networks.steps_per_round,
         }
 
-    def train_interval(self) -> dict[str, float]:
-        return self.trainer.train_interval()
+    def train_interval(self) -> list[dict[str, float]]:
+        return self.networks.train_interval()
 
-    def snapshot(self) -> Snapshot:
-        return self.trainer.snapshot()
+    def snapshots(self) -> list[Snapshot] | Snapshot:
+        # Called with num_returns = networks held: one object-store entry per network.
+        shots = self.networks.snapshots()
+        return shots if len(shots) > 1 else shots[0]
 
-    def graft_from(self, source: Snapshot | None) -> list[dict[str, Any]]:
-        # A top-level ObjectRef argument arrives here already resolved (read-only arrays).
-        return self.trainer.apply_graft(source)
+    def snapshot(self, slot: int) -> Snapshot:
+        return self.networks.snapshots()[slot]
 
-    def load_weights(self, snapshot: Snapshot) -> bool:
-        self.trainer.load_weights(snapshot)
-        return self.trainer.weights_finite()
+    def graft_from(self, sources: list[Source | ray.ObjectRef]) -> list[list[dict[str, Any]]]:
+        # Refs nested in a list arrive unresolved: fetch them (read-only numpy arrays).
+        sources = [ray.get(s) if isinstance(s, ray.ObjectRef) else s for s in sources]
+        return self.networks.apply_grafts(sources)
 
-    def evaluate(self, with_probabilities: bool = True) -> dict[str, Any]:
-        return self.trainer.evaluate(with_probabilities)
+    def load_weights(self, slot: int, snapshot: Snapshot) -> bool:
+        return self.networks.load_weights(slot, snapshot)
 
-    def get_state(self) -> dict[str, Any]:
-        return self.trainer.state_dict()
+    def evaluate(self, with_probabilities: bool = True) -> list[dict[str, Any]]:
+        return self.networks.evaluate(with_probabilities)
 
-    def set_state(self, state: dict[str, Any]) -> int:
-        self.trainer.load_state_dict(state)
-        return self.trainer.step
+    def get_state(self) -> list[dict[str, Any]]:
+        return self.networks.state_dicts()
+
+    def set_state(self, states: list[dict[str, Any]]) -> int:
+        return self.networks.load_state_dicts(states)

@@ -102,10 +102,10 @@ def test_asynchronous_nan_network_is_restored_and_never_a_graft_source(tmp_path)
         # Round 2 was already queued when this hook runs, so the poison must act later: NaN
         # momentum leaves the weights finite until network 1's next optimizer step, in round 3.
         actor = population.actors[1]
-        state = ray.get(actor.get_state.remote())
+        [state] = ray.get(actor.get_state.remote())
         for buffers in state["optimizer"]["state"].values():
             buffers["momentum_buffer"] = torch.full_like(buffers["momentum_buffer"], math.nan)
-        ray.get(actor.set_state.remote(state))
+        ray.get(actor.set_state.remote([state]))
 
     result = run_with_hook_after_round_1(config, poison_network_1)
     round3 = result.history[2]["networks"]

@@ -63,10 +63,10 @@ def test_actor_grafts_equal_the_pure_core(tmp_path):
     population.start()
     try:
         ray.get([a.train_interval.remote() for a in population.actors])
-        snapshots = ray.get([a.snapshot.remote() for a in population.actors])
+        snapshots = ray.get(population.snapshot_refs())
         refs = [ray.put(s) for s in snapshots]
-        ray.get([a.graft_from.remote(refs[k - 1]) for k, a in enumerate(population.actors)])
-        after = ray.get([a.snapshot.remote() for a in population.actors])
+        ray.get([a.graft_from.remote([refs[k - 1]]) for k, a in enumerate(population.actors)])
+        after = ray.get(population.snapshot_refs())
     finally:
         population.shutdown()
     units = find_graft_units(create_model("tiny_cnn"))
@@ -114,12 +114,12 @@ def test_nan_network_is_restored_and_never_a_graft_source(tmp_path):
 
     def poison_network_1(population):
         actor = population.actors[1]
-        state = ray.get(actor.get_state.remote())
+        [state] = ray.get(actor.get_state.remote())
         state["model"] = {
             k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
             for k, v in state["model"].items()
         }
-        ray.get(actor.set_state.remote(state))
+        ray.get(actor.set_state.remote([state]))
 
     result = run_with_hook_after_round_1(config, poison_network_1)
     round2 = result.history[1]

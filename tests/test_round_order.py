@@ -72,7 +72,9 @@ def test_best_over_rounds_and_accuracy_after_the_graft_are_logged(tmp_path):
         best = history(f"net{k}/best_test_acc")
         assert best == [max(accuracy[: r + 1]) for r in range(3)]
         # after the graft of rounds 1 and 2; the last round has no graft
-        assert [m.step for m in client.get_metric_history(result.run_id, f"net{k}/test_acc_grafted")] == [1, 2]
+        assert [
+            m.step for m in client.get_metric_history(result.run_id, f"net{k}/test_acc_grafted")
+        ] == [1, 2]
     over_rounds = history("population/best_test_acc_over_rounds")
     assert over_rounds[-1] == max(max(history(f"net{k}/test_acc")) for k in range(3))
 

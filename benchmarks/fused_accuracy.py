@@ -1,0 +1,129 @@
+"""Accuracy arms on one device, each a fused population in this process (no Ray, no MLflow).
+
+One fused worker on one GPU is exactly what ``python -m graftune.run`` starts there; this
+script drives the same :class:`~graftune.fused.FusedTrainer` through the same round rules
+(train, evaluate, graft unless it is the last round) so that many arms fit in a short GPU
+lease. A ``pairK`` arm trains K grafted networks and the same K networks (same seeds, data
+order and learning rates) without grafting in one fused step of 2K networks: a paired
+comparison at the cost of one run.
+
+    python benchmarks/fused_accuracy.py --data-dir cifar10-jpeg.zip --subset 10000 \\
+        --epochs 15 --arms k4 k4-c10 pair4 single --seeds 0 1 --out runs/fused.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from graftune.config import Config, with_overrides
+from graftune.core import population_summary
+from graftune.core.graft import predecessor
+from graftune.data import load_dataset
+from graftune.fused import FusedTrainer
+from graftune.population import grafts_in_round
+
+ARMS = {
+    "single": {"num_models": 1, "source": "none", "diff_lr": False},
+    "k2": {"num_models": 2},
+    "k2-indep": {"num_models": 2, "source": "none"},
+    "k4": {"num_models": 4},
+    "k4-c10": {"num_models": 4, "c": 10},
+    "k4-indep": {"num_models": 4, "source": "none"},
+    "k8": {"num_models": 8},
+    "k8-c10": {"num_models": 8, "c": 10},
+    "k8-indep": {"num_models": 8, "source": "none"},
+    "pair4": {"num_models": 4},  # K = 4 grafted (c = 500) and independent, paired
+    "pair4-c10": {"num_models": 4, "c": 10},
+    "pair8-c10": {"num_models": 8, "c": 10},
+}
+
+
+def run_arm(config: Config, data, device: str, paired: bool, progress: bool = False) -> dict:
+    k = config.population.num_models
+    indices = list(range(k)) * (2 if paired else 1)
+    trainer = FusedTrainer(config, indices, data, device=device)
+    start, rows = time.time(), []
+    for round_index in range(1, trainer.num_rounds + 1):
+        train = trainer.train_interval()
+        evaluations = trainer.evaluate(True)
+        if grafts_in_round(config, round_index, trainer.num_rounds):
+            network = config.graft.source == "network"
+            sources = [predecessor(j, k) if network else None for j in range(k)]
+            trainer.apply_grafts(sources, slots=range(k))
+        halves = [("grafted" if config.graft.source != "none" else "independent", 0)]
+        if paired:
+            halves.append(("independent", k))
+        row = {"round": round_index, "finite": all(t["finite"] for t in train)}
+        for name, offset in halves:
+            part = evaluations[offset : offset + k]
+            summary = population_summary(
+                [e["test_acc"] for e in part], [e["probabilities"] for e in part], data.test_labels
+            )
+            row[name] = {"acc": [e["test_acc"] for e in part], **summary}
+        rows.append(row)
+        if progress:
+            means = {n: f"{100 * row[n]['mean_test_acc']:.2f}" for n, _ in halves}
+            print(f"  round {round_index}/{trainer.num_rounds} mean {means} "
+                  f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
+    if device == "cuda":
+        torch.cuda.synchronize()
+    wall = time.time() - start
+    images = trainer.total_steps * trainer.batches[0].batch_size * len(indices)
+    return {"rounds": rows, "wall_s": wall, "train_img_per_s": images / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--subset", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--arms", nargs="+", default=["k4", "k4-c10", "pair4", "single"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--deadline-s", type=float, default=0, help="skip arms after this")
+    parser.add_argument("--progress", action="store_true", help="a line per round")
+    args = parser.parse_args()
+    base = with_overrides(
+        Config(),
+        {
+            "model": args.model, "dataset": "imagefolder", "data_dir": args.data_dir,
+            "subset": args.subset, "epochs": args.epochs, "precision": args.precision,
+        },
+    )  # fmt: skip
+    data = load_dataset(base.data)
+    began = time.time()
+    print("| arm | seed | side | per-network test acc (%) | mean | best | ensemble | wall (s) |")
+    print("|---|---:|---|---|---:|---:|---:|---:|")
+    for seed in args.seeds:
+        for arm in args.arms:
+            if args.deadline_s and time.time() - began > args.deadline_s:
+                print(f"deadline: skipped {arm} seed {seed}")
+                continue
+            config = with_overrides(base, {**ARMS[arm], "seed": seed})
+            result = run_arm(config, data, args.device, arm.startswith("pair"), args.progress)
+            with open(args.out, "a") as f:
+                f.write(
+                    json.dumps({"arm": arm, "seed": seed, "model": args.model, **result}) + "\n"
+                )
+            final = result["rounds"][-1]
+            for side in ("grafted", "independent"):
+                if side in final:
+                    s = final[side]
+                    accs = ", ".join(f"{100 * a:.2f}" for a in s["acc"])
+                    print(
+                        f"| {arm} | {seed} | {side} | {accs} | {100 * s['mean_test_acc']:.2f} | "
+                        f"{100 * s['best_test_acc']:.2f} | {100 * s['ensemble_test_acc']:.2f} | "
+                        f"{result['wall_s']:.0f} |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
