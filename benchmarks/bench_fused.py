@@ -22,16 +22,17 @@ from graftune.data import load_dataset
 from graftune.worker import GraftWorker
 
 
-def measure(actors, steps: int, batch: int, networks: int, repeats: int) -> float:
+def measure(actors, steps: int, batch: int, networks: int, repeats: int) -> tuple[float, str]:
     ray.get([a.train_interval.remote() for a in actors])  # warm-up: cuDNN, allocator
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         ray.get([a.train_interval.remote() for a in actors])
         best = max(best, steps * batch * networks / (time.perf_counter() - start))
+    how = ray.get(actors[0].info.remote())["step"]
     for a in actors:
         ray.kill(a)
-    return best
+    return best, how
 
 
 def main() -> None:
@@ -71,20 +72,22 @@ def main() -> None:
                 GraftWorker.options(**share).remote(flat, [j], data_ref, threads, False)
                 for j in range(k)
             ]
-            rate_separate = measure(separate, args.steps, args.batch_size, k, args.repeats)
+            rate_separate, how_separate = measure(
+                separate, args.steps, args.batch_size, k, args.repeats
+            )
             whole = {"num_gpus": 1} if gpus else {"num_cpus": cpus}
             fused = GraftWorker.options(**whole).remote(
                 flat, list(range(k)), data_ref, 1 if gpus else int(cpus), True
             )
-            rate_fused = measure([fused], args.steps, args.batch_size, k, args.repeats)
+            rate_fused, how_fused = measure([fused], args.steps, args.batch_size, k, args.repeats)
             alone = GraftWorker.options(**whole).remote(
                 flat, [k - 1], data_ref, 1 if gpus else int(cpus), False
             )
-            rate_alone = measure([alone], args.steps, args.batch_size, 1, args.repeats)
+            rate_alone, how_alone = measure([alone], args.steps, args.batch_size, 1, args.repeats)
             rows = [
-                (f"{k} actors, 1 network each", rate_separate),
-                (f"1 actor, {k} networks fused", rate_fused),
-                ("1 network alone, whole device", rate_alone),
+                (f"{k} actors, 1 network each ({how_separate})", rate_separate),
+                (f"1 actor, {k} networks fused ({how_fused})", rate_fused),
+                (f"1 network alone, whole device ({how_alone})", rate_alone),
             ]
             for layout, rate in rows:
                 print(

@@ -100,7 +100,15 @@ class FusedTrainer:
         self.policy = GraftPolicy.from_config(config.graft)
         self.noise = [torch.Generator().manual_seed(t.seed + i) for i in self.indices]
         self.autocast = autocast_dtype(config.model.precision, self.device)
+        if self.autocast is not None:  # batched BatchNorm's backward needs one dtype: fp32
+            for module in self.base.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.register_forward_pre_hook(lambda _, args: (args[0].float(),))
         self.step = 0
+        # On a GPU the whole step (forward, backward, update) is captured once in a CUDA
+        # graph and replayed: vmap's per-op dispatch costs more host time than the GPU work.
+        self.graph: CudaGraphStep | None = None
+        self.graph_note = "" if self.device.type == "cuda" else "eager on CPUs"
 
         def forward(p, b, x):
             return functional_call(self.base, (p, b), (x,))
@@ -185,7 +193,19 @@ class FusedTrainer:
         seen = 0
         for _ in range(steps):
             x, y = self._next_batches()
-            loss, right = self.train_step(x, y)
+            if self.graph is None and self.step >= WARMUP_STEPS and not self.graph_note:
+                self.graph, self.graph_note = CudaGraphStep.capture(self, x, y)
+            if self.graph is not None:
+                loss, right = self.graph.run(x, y, self.step)
+                self.step += 1
+            elif self.device.type == "cuda":  # warm-up for the capture: on a side stream
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    loss, right = self.train_step(x, y)
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                loss, right = self.train_step(x, y)
             loss_sum += loss
             correct += right
             seen += y.shape[1]
@@ -331,6 +351,68 @@ class FusedTrainer:
         return self.step
 
 
+WARMUP_STEPS = 3  # eager steps before capture: cuDNN picks its kernels, the allocator settles
+
+
+class CudaGraphStep:
+    """The fused train step recorded as one CUDA graph. Inputs are copied into static
+    tensors, the learning rates come from a table on the device indexed by a step counter,
+    and everything else (weights, momentum, BatchNorm statistics) is updated in place, so
+    grafts, restores and loaded states between replays are seen by the next replay."""
+
+    def __init__(self, trainer: FusedTrainer, x: torch.Tensor, y: torch.Tensor):
+        self.trainer = trainer
+        self.x, self.y = x.clone(), y.clone()
+        steps = range(trainer.total_steps + 1)
+        table = [trainer.lrs(step) for step in steps]  # double, then rounded once
+        self.lr_table = torch.tensor(table, dtype=torch.float32, device=trainer.device)
+        self.step_index = torch.zeros(1, dtype=torch.long, device=trainer.device)
+        self.graph = torch.cuda.CUDAGraph()
+
+    @classmethod
+    def capture(cls, trainer: FusedTrainer, x, y) -> tuple[CudaGraphStep | None, str]:
+        try:
+            step = cls(trainer, x, y)
+            for p in trainer.params.values():
+                p.grad = None
+            torch.cuda.synchronize()
+            with torch.cuda.graph(step.graph):
+                step.loss, step.right = step._body()
+            return step, "cuda graph"
+        except Exception as error:  # capture is an optimisation: eager steps still work
+            return None, f"eager (CUDA graph capture failed: {type(error).__name__}: {error})"
+
+    def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t, trainer = self.trainer.config.train, self.trainer
+        trainer.base.train()
+        with torch.autocast("cuda", dtype=trainer.autocast or torch.float32,
+                            enabled=trainer.autocast is not None, cache_enabled=False):  # fmt: skip
+            out = trainer._train_forward(trainer.params, trainer.buffers, self.x)
+        out = out.float()
+        losses = torch.stack([F.cross_entropy(out[j], self.y[j]) for j in range(trainer.size)])
+        losses.sum().backward()
+        with torch.no_grad():
+            params = list(trainer.params.values())
+            grads = [p.grad for p in params]
+            bufs = list(trainer.momentum.values())
+            if t.weight_decay:
+                torch._foreach_add_(grads, params, alpha=t.weight_decay)
+            torch._foreach_mul_(bufs, t.momentum)
+            torch._foreach_add_(bufs, grads)
+            lr = self.lr_table.index_select(0, self.step_index).view(-1)
+            steps = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
+            torch._foreach_addcmul_(params, bufs, steps, value=-1.0)
+        right = (out.detach().argmax(2) == self.y).sum(1)
+        return losses.detach() * self.y.shape[1], right
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, step: int):
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.step_index.fill_(step)
+        self.graph.replay()
+        return self.loss.clone(), self.right.clone()
+
+
 class TrainerGroup:
     """Separate Trainers behind the fused trainer's interface: one network per worker, or a
     CPU worker where fusing does not pay."""
@@ -341,6 +423,7 @@ class TrainerGroup:
         self.indices = list(indices)
         self.trainers = [Trainer(config, k, data, device=device) for k in self.indices]
         self.device = self.trainers[0].device
+        self.graph_note = "eager"
 
     @property
     def num_rounds(self) -> int:

@@ -50,6 +50,7 @@ class GraftWorker:
             "threads": torch.get_num_threads(),
             "networks": self.networks.indices,
             "fused": self.fused,
+            "step": self.networks.graph_note,
             "num_rounds": self.networks.num_rounds,
             "steps_per_round": self.networks.steps_per_round,
         }
