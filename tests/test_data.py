@@ -1,5 +1,7 @@
 """Loading (image folders, zips, cache, CIFAR, synthetic, subsets) and on-device batches."""
 
+import io
+import logging
 import zipfile
 from pathlib import Path
 
@@ -170,6 +172,86 @@ def test_synthetic_classes_are_separable():
     test = data.test_images.reshape(len(data.test_images), -1).astype(np.float64)
     nearest = ((test[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
     assert (nearest == data.test_labels).mean() > 0.9
+
+
+# --- damaged and hostile folders and zips: one line naming the file and the problem ---
+
+
+def png(size=(8, 8), mode="RGB", colour=0) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def good_members() -> dict[str, bytes | None]:
+    """Two classes, two 8x8 images each in train/ and test/; None marks a directory entry."""
+    names = [f"{s}/{c}/{i}.png" for s in ("train", "test") for c in ("ant", "bee") for i in (0, 1)]
+    return {name: png(colour=(i, 2 * i, 3 * i)) for i, name in enumerate(names)}
+
+
+def build(tmp_path: Path, kind: str, members: dict[str, bytes | None]) -> Path:
+    """The members as a folder or as a zip."""
+    if kind == "zip":
+        with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, b"" if data is None else data)  # "x/": a directory
+        return tmp_path / "data.zip"
+    for name, data in members.items():
+        target = tmp_path / "data" / name
+        if data is None:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    return tmp_path / "data"
+
+
+def refusal(path: Path, **changes) -> str:
+    with pytest.raises(DataError) as info:
+        load_dataset(folder_config(path, **changes))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+    return message
+
+
+both_kinds = pytest.mark.parametrize("kind", ["folder", "zip"])
+
+
+@both_kinds
+def test_nested_class_folder_is_refused(tmp_path, kind):
+    members = good_members() | {"train/ant/more/x.png": png()}
+    message = refusal(build(tmp_path, kind, members))  # the folder names the subfolder
+    assert "'train/ant/more/" in message and "nested too deep" in message
+
+
+@both_kinds
+def test_image_outside_a_class_folder_is_refused(tmp_path, kind):
+    members = good_members() | {"test/x.png": png()}
+    assert "'test/x.png'" in refusal(build(tmp_path, kind, members))
+
+
+@both_kinds
+@pytest.mark.parametrize("extra", [{"train/cow/": None}, {"test/cow/notes.txt": b"moo"}])
+def test_empty_class_folder_is_refused(tmp_path, kind, extra):
+    message = refusal(build(tmp_path, kind, good_members() | extra))
+    assert f"'{next(iter(extra)).rsplit('/', 1)[0]}/'" in message and "no images" in message
+
+
+@both_kinds
+def test_non_image_files_are_skipped_in_one_line(tmp_path, kind, caplog):
+    junk = {
+        "train/ant/notes.txt": b"x",
+        "train/.DS_Store": b"x",
+        "test/bee/._0.png": b"x",  # macOS resource forks look like images
+        "__MACOSX/train/ant/._1.png": b"x",
+    }
+    path = build(tmp_path, kind, good_members() | junk)
+    with caplog.at_level(logging.WARNING):
+        data = load_dataset(folder_config(path))
+    assert data.classes == ["ant", "bee"] and data.train_images.shape == (4, 3, 8, 8)
+    (record,) = [r for r in caplog.records if "skipped" in r.getMessage()]
+    skipped = 3 if kind == "folder" else 4  # a folder's files outside train/, test/ are not read
+    assert f"skipped {skipped} non-image files in '{path}'" in record.getMessage()
 
 
 # --- on-device batches --------------------------------------------------------------

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,13 @@ from PIL import Image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FOLDER_HINT = "a folder or .zip with train/ and test/ class folders"
-_CACHE_VERSION = 1  # bump when the cached layout changes, so old caches are not read
+SPLITS = ("train", "test")
+# Bump when the cached layout, or what a folder or zip decodes to, changes: old caches are
+# not read. 2: nested folders, empty class folders and stray images are refused, not skipped.
+_CACHE_VERSION = 2
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -30,60 +36,171 @@ class DataError(ValueError):
 
 
 def read_image_folder(data_dir: str) -> Arrays:
-    """train/<class>/* and test/<class>/* from a folder or a zip, cached once decoded."""
+    """train/<class>/* and test/<class>/* from a folder or a zip, cached once decoded.
+
+    Args:
+        data_dir: the folder, or the .zip (read member by member, never extracted).
+    Returns:
+        Train images, train labels, test images, test labels (images uint8 N x 3 x H x W,
+        labels int64 indices into the sorted class names), and the class names.
+    """
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise DataError(f"'{data_dir}' does not exist; point --data-dir at {FOLDER_HINT}")
+    listing = None
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise DataError(f"'{data_dir}' is not a .zip; point --data-dir at {FOLDER_HINT}")
         stat = path.stat()  # a zip changes as a whole: its size and mtime stand for it
         key = f"zip\n{path.resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}"
     else:
-        files = sorted(p for split in ("train", "test") for p in (path / split).glob("*/*"))
-        names = [p.relative_to(path).as_posix() for p in files]
-        stats = [p.stat() for p in files]  # any added, removed or rewritten file: a new key
-        listing = [f"{n}\t{s.st_size}\t{s.st_mtime_ns}" for n, s in zip(names, stats)]
-        key = "\n".join(["dir", str(path.resolve()), *listing])
+        listing, files = _list_folder(path, data_dir)
+        key = "\n".join(["dir", str(path.resolve()), *files])
     digest = hashlib.sha256(f"v{_CACHE_VERSION}\n{key}".encode()).hexdigest()[:20]
     cache = _cache_dir() / f"imagefolder-{digest}.npz"
     arrays = _read_cache(cache)
     if arrays is not None:
         return arrays
-    if path.is_file():
-        with zipfile.ZipFile(path) as archive:  # read member by member, never extracted
-            names = [i.filename for i in archive.infolist() if not i.is_dir()]
-            arrays = _decode_folder(names, lambda n: io.BytesIO(archive.read(n)), data_dir)
+    if listing is None:
+        with zipfile.ZipFile(path) as archive:
+            listing = _list_zip(archive, data_dir)
+            arrays = _decode(listing, lambda n: io.BytesIO(archive.read(n)))
     else:
-        arrays = _decode_folder(names, lambda n: path / n, data_dir)
+        arrays = _decode(listing, lambda n: path / n)
     _write_cache(cache, arrays)
     return arrays
 
 
-def _decode_folder(names: list[str], read: Callable, data_dir: str) -> Arrays:
-    splits: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
-    for name in names:
-        parts = name.split("/")  # zip members may sit under one top folder: take the last 3
-        image = parts[-1].lower().endswith(IMAGE_SUFFIXES) and not parts[-1].startswith(".")
-        if image and len(parts) >= 3 and parts[-3] in splits and "__MACOSX" not in parts:
-            splits[parts[-3]].append((parts[-2], name))
-    classes = sorted({c for c, _ in splits["train"]})
-    test_classes = sorted({c for c, _ in splits["test"]})
-    for split, found in splits.items():
-        if not found:
-            raise DataError(f"no images in {split}/<class>/ of '{data_dir}'; need {FOLDER_HINT}")
-    if classes != test_classes:
-        only_train = sorted(set(classes) - set(test_classes))[:5]
-        only_test = sorted(set(test_classes) - set(classes))[:5]
-        raise DataError(
-            f"train/ and test/ of '{data_dir}' have different classes "
-            f"(only in train: {only_train}, only in test: {only_test})"
-        )
+def _hidden(part: str) -> bool:
+    return part.startswith(".") or part == "__MACOSX"  # .DS_Store, ._x.png, editor leftovers
+
+
+@dataclass
+class _Listing:
+    """The entries of a folder or zip, sorted into images, class folders and the rest."""
+
+    data_dir: str
+    images: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # split: (class, name)
+    folders: dict[str, dict[str, str]] = field(default_factory=dict)  # split: {class: its path}
+    skipped: list[str] = field(default_factory=list)  # files that are not images to read
+
+    def __post_init__(self) -> None:
+        self.images = {split: [] for split in SPLITS}
+        self.folders = {split: {} for split in SPLITS}
+
+    def add(self, name: str, is_dir: bool) -> bool:
+        """Sort one entry, a path with / separators; True when it is an image to read."""
+        parts = [part for part in name.split("/") if part]
+        image = not is_dir and parts[-1].lower().endswith(IMAGE_SUFFIXES)
+        # A zip may hold train/ and test/ under a top folder: the first split name counts.
+        at = next((i for i, part in enumerate(parts) if part in SPLITS), None)
+        depth = -1 if at is None or any(map(_hidden, parts)) else len(parts) - at - 1
+        if depth > 2 or (depth == 2 and is_dir):
+            shown = "/".join(parts) + "/" * is_dir
+            raise DataError(
+                f"'{shown}' in '{self.data_dir}' is nested too deep: images go directly in "
+                f"{parts[at]}/<class>/, without subfolders"
+            )
+        if depth == 1 and image:
+            raise DataError(
+                f"'{name}' in '{self.data_dir}' is not in a class folder: images go in "
+                f"{parts[at]}/<class>/"
+            )
+        if depth == 2 or (depth == 1 and is_dir):
+            self.folders[parts[at]].setdefault(parts[at + 1], "/".join(parts[: at + 2]))
+        if depth == 2 and image:
+            self.images[parts[at]].append((parts[at + 1], name))
+            return True
+        if not is_dir:
+            self.skipped.append(name)
+        return False
+
+    def classes(self) -> list[str]:
+        """The class names, once every class folder is known to hold images."""
+        for split in SPLITS:
+            if not self.images[split]:
+                raise DataError(
+                    f"no images in {split}/<class>/ of '{self.data_dir}'; need {FOLDER_HINT}"
+                )
+            filled = {c for c, _ in self.images[split]}
+            for c, folder in sorted(self.folders[split].items()):
+                if c not in filled:
+                    raise DataError(
+                        f"'{folder}/' in '{self.data_dir}' holds no images; add some or "
+                        f"remove the folder (every class needs train and test images)"
+                    )
+        classes, test_classes = sorted(self.folders["train"]), sorted(self.folders["test"])
+        if classes != test_classes:
+            only_train = sorted(set(classes) - set(test_classes))[:5]
+            only_test = sorted(set(test_classes) - set(classes))[:5]
+            raise DataError(
+                f"train/ and test/ of '{self.data_dir}' have different classes "
+                f"(only in train: {only_train}, only in test: {only_test})"
+            )
+        return classes
+
+    def report_skipped(self) -> None:
+        """One line for all the files that are not images, however many there are."""
+        if self.skipped:
+            shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+            log.warning(
+                "graftune: skipped %d non-image files in '%s' (%s)",
+                len(self.skipped), self.data_dir, shown,
+            )  # fmt: skip
+
+
+def _list_folder(path: Path, data_dir: str) -> tuple[_Listing, list[str]]:
+    """The folder's listing, and a line per image (name, size, mtime) for the cache key."""
+    listing, files = _Listing(data_dir), []
+    for split in SPLITS:
+        for top in _scan(path / split, data_dir):
+            entries = [top]
+            if top.is_dir() and not _hidden(top.name):
+                entries += _scan(Path(top.path), data_dir)  # a class folder
+            for entry in entries:
+                name = Path(entry.path).relative_to(path).as_posix()
+                if listing.add(name, entry.is_dir()):
+                    # any added, removed or rewritten image: a new cache key
+                    stat = _stat(entry, name, data_dir)
+                    files.append(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}")
+    return listing, files
+
+
+def _scan(folder: Path, data_dir: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # a missing train/ or test/ is reported as one without images
+    except OSError as error:
+        raise DataError(f"cannot list '{folder}' of '{data_dir}': {error.strerror}") from None
+
+
+def _stat(entry: os.DirEntry, name: str, data_dir: str) -> os.stat_result:
+    try:
+        stat = entry.stat()
+    except OSError as error:  # a dangling link, a file that went away
+        raise DataError(f"cannot read '{name}' in '{data_dir}': {error.strerror}") from None
+    if not entry.is_file():  # a fifo named x.png would block the decoder forever
+        raise DataError(f"'{name}' in '{data_dir}' is not a regular file")
+    return stat
+
+
+def _list_zip(archive: zipfile.ZipFile, data_dir: str) -> _Listing:
+    listing = _Listing(data_dir)
+    for info in archive.infolist():
+        listing.add(info.filename, info.is_dir())
+    return listing
+
+
+def _decode(listing: _Listing, read: Callable) -> Arrays:
+    classes, data_dir = listing.classes(), listing.data_dir
+    listing.report_skipped()
     index = {c: i for i, c in enumerate(classes)}
     out = []
     shape: tuple[int, int] | None = None
-    for split in ("train", "test"):
-        items = sorted(splits[split])  # by class, then file name: a stable order
+    for split in SPLITS:
+        items = sorted(listing.images[split])  # by class, then file name: a stable order
         images: np.ndarray | None = None
         for i, (_, name) in enumerate(items):
             try:
