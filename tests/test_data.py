@@ -192,6 +192,7 @@ def good_members() -> dict[str, bytes | None]:
 def build(tmp_path: Path, kind: str, members: dict[str, bytes | None]) -> Path:
     """The members as a folder or as a zip."""
     if kind == "zip":
+        tmp_path.mkdir(exist_ok=True)
         with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
             for name, data in members.items():
                 archive.writestr(name, b"" if data is None else data)  # "x/": a directory
@@ -252,6 +253,66 @@ def test_non_image_files_are_skipped_in_one_line(tmp_path, kind, caplog):
     (record,) = [r for r in caplog.records if "skipped" in r.getMessage()]
     skipped = 3 if kind == "folder" else 4  # a folder's files outside train/, test/ are not read
     assert f"skipped {skipped} non-image files in '{path}'" in record.getMessage()
+
+
+@both_kinds
+def test_image_file_over_the_limit_is_refused_before_reading(tmp_path, kind):
+    members = good_members() | {"train/bee/big.png": png() + bytes(5000)}  # 5 KB of trailing junk
+    message = refusal(build(tmp_path, kind, members), max_image_bytes=4096)
+    assert "'train/bee/big.png'" in message and "over the 4 KiB limit" in message
+    assert "--max-image-bytes" in message
+    assert load_dataset(folder_config(build(tmp_path / "ok", kind, good_members())))
+
+
+@both_kinds
+def test_truncated_jpeg_is_refused(tmp_path, kind):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "JPEG")
+    members = good_members() | {"test/ant/2.jpg": buffer.getvalue()[:200]}
+    assert "cannot decode 'test/ant/2.jpg'" in refusal(build(tmp_path, kind, members))
+
+
+def test_zip_member_with_a_bad_crc_is_refused(tmp_path):
+    members = good_members() | {"train/ant/9.png": png(colour=(99, 99, 99))}
+    data = bytearray(build(tmp_path, "zip", members).read_bytes())
+    at = data.index(members["train/ant/9.png"]) + 40  # stored, not deflated: the PNG as is
+    data[at] ^= 0xFF
+    (tmp_path / "data.zip").write_bytes(bytes(data))
+    message = refusal(tmp_path / "data.zip")
+    assert "'train/ant/9.png'" in message and "CRC-32" in message
+
+
+def test_encrypted_zip_member_is_refused(tmp_path):
+    data = bytearray(build(tmp_path, "zip", good_members()).read_bytes())
+    # zipfile clears flag_bits when it writes: set the "encrypted" bit in the headers after.
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + offset] |= 0x1
+            at = data.find(signature, at + 4)
+    (tmp_path / "data.zip").write_bytes(bytes(data))
+    message = refusal(tmp_path / "data.zip")
+    assert "'train/ant/0.png'" in message and "encrypted" in message
+
+
+def test_truncated_zip_is_refused(tmp_path):
+    data = build(tmp_path, "zip", good_members()).read_bytes()
+    (tmp_path / "data.zip").write_bytes(data[: len(data) // 2])
+    assert "truncated or damaged .zip" in refusal(tmp_path / "data.zip")
+
+
+def test_file_that_is_not_a_zip_is_refused(tmp_path):
+    (tmp_path / "data.zip").write_text("train/ant/0.png\n")
+    assert "is not a .zip" in refusal(tmp_path / "data.zip")
+
+
+@pytest.mark.parametrize("name", ["../train/ant/2.png", "/train/ant/2.png"])
+def test_zip_member_outside_the_zip_is_refused(tmp_path, name):
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        for member, data in good_members().items():
+            archive.writestr(member, data)
+        archive.writestr(zipfile.ZipInfo(name), png())  # ZipInfo keeps the name as given
+    assert f"'{name}'" in refusal(tmp_path / "data.zip")
 
 
 # --- on-device batches --------------------------------------------------------------

@@ -35,7 +35,7 @@ def load_dataset(cfg: DataConfig) -> ImageSet:
     elif cfg.dataset in ("cifar10", "cifar100"):
         arrays = _cifar(cfg)
     elif cfg.dataset == "imagefolder":
-        arrays = read_image_folder(cfg.data_dir)
+        arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes)
     else:
         raise DataError(
             f"--dataset must be cifar10, cifar100, imagefolder or synthetic; got {cfg.dataset!r}"
@@ -76,7 +76,7 @@ def _cifar(cfg: DataConfig) -> Arrays:
     if (root.is_file() and root.suffix.lower() == ".zip") or (
         (root / "train").is_dir() and (root / "test").is_dir()
     ):  # an image-folder copy, e.g. --data-dir cifar10-jpeg.zip
-        arrays = read_image_folder(cfg.data_dir)
+        arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes)
         if len(arrays[4]) != num_classes:
             raise DataError(
                 f"'{cfg.data_dir}' holds {len(arrays[4])} classes, not the {num_classes} of "

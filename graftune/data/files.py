@@ -13,6 +13,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +36,12 @@ class DataError(ValueError):
     """The data cannot be loaded; the one-line message says what to change."""
 
 
-def read_image_folder(data_dir: str) -> Arrays:
+def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
     """train/<class>/* and test/<class>/* from a folder or a zip, cached once decoded.
 
     Args:
         data_dir: the folder, or the .zip (read member by member, never extracted).
+        max_image_bytes: the largest image file to read, and the largest image decoded.
     Returns:
         Train images, train labels, test images, test labels (images uint8 N x 3 x H x W,
         labels int64 indices into the sorted class names), and the class names.
@@ -49,12 +51,10 @@ def read_image_folder(data_dir: str) -> Arrays:
         raise DataError(f"'{data_dir}' does not exist; point --data-dir at {FOLDER_HINT}")
     listing = None
     if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise DataError(f"'{data_dir}' is not a .zip; point --data-dir at {FOLDER_HINT}")
         stat = path.stat()  # a zip changes as a whole: its size and mtime stand for it
         key = f"zip\n{path.resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}"
     else:
-        listing, files = _list_folder(path, data_dir)
+        listing, files = _list_folder(path, data_dir, max_image_bytes)
         key = "\n".join(["dir", str(path.resolve()), *files])
     digest = hashlib.sha256(f"v{_CACHE_VERSION}\n{key}".encode()).hexdigest()[:20]
     cache = _cache_dir() / f"imagefolder-{digest}.npz"
@@ -62,9 +62,9 @@ def read_image_folder(data_dir: str) -> Arrays:
     if arrays is not None:
         return arrays
     if listing is None:
-        with zipfile.ZipFile(path) as archive:
-            listing = _list_zip(archive, data_dir)
-            arrays = _decode(listing, lambda n: io.BytesIO(archive.read(n)))
+        with _open_zip(path, data_dir) as archive:
+            listing = _list_zip(archive, data_dir, max_image_bytes)
+            arrays = _decode(listing, lambda n: _read_member(archive, n, data_dir))
     else:
         arrays = _decode(listing, lambda n: path / n)
     _write_cache(cache, arrays)
@@ -149,7 +149,7 @@ class _Listing:
             )  # fmt: skip
 
 
-def _list_folder(path: Path, data_dir: str) -> tuple[_Listing, list[str]]:
+def _list_folder(path: Path, data_dir: str, limit: int) -> tuple[_Listing, list[str]]:
     """The folder's listing, and a line per image (name, size, mtime) for the cache key."""
     listing, files = _Listing(data_dir), []
     for split in SPLITS:
@@ -162,6 +162,7 @@ def _list_folder(path: Path, data_dir: str) -> tuple[_Listing, list[str]]:
                 if listing.add(name, entry.is_dir()):
                     # any added, removed or rewritten image: a new cache key
                     stat = _stat(entry, name, data_dir)
+                    _check_file_size(name, stat.st_size, limit, data_dir)
                     files.append(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}")
     return listing, files
 
@@ -186,11 +187,68 @@ def _stat(entry: os.DirEntry, name: str, data_dir: str) -> os.stat_result:
     return stat
 
 
-def _list_zip(archive: zipfile.ZipFile, data_dir: str) -> _Listing:
+def _open_zip(path: Path, data_dir: str) -> zipfile.ZipFile:
+    try:
+        with open(path, "rb") as file:
+            looks_like_zip = file.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # a member, or empty
+        return zipfile.ZipFile(path)
+    except OSError as error:
+        raise DataError(f"cannot read '{data_dir}': {error.strerror}") from None
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        if not looks_like_zip:
+            raise DataError(
+                f"'{data_dir}' is not a .zip; point --data-dir at {FOLDER_HINT}"
+            ) from None
+        raise DataError(  # its directory, at the end, is what a cut-off copy loses
+            f"'{data_dir}' is a truncated or damaged .zip: its directory cannot be read; "
+            f"copy or download it again"
+        ) from None
+
+
+def _list_zip(archive: zipfile.ZipFile, data_dir: str, limit: int) -> _Listing:
+    """The zip's listing, with every image member checked from the directory, unread."""
     listing = _Listing(data_dir)
     for info in archive.infolist():
-        listing.add(info.filename, info.is_dir())
+        name = info.filename
+        if name.startswith("/") or ".." in name.split("/"):
+            # Never extracted, so harmless here, but only a crafted zip holds such a name.
+            raise DataError(f"'{name}' in '{data_dir}' points outside the zip; refusing the zip")
+        if not listing.add(name, info.is_dir()):
+            continue
+        if info.flag_bits & 0x1:  # refused before zipfile would ask for a password
+            raise DataError(
+                f"'{name}' in '{data_dir}' is encrypted; zip the images again without a password"
+            )
+        _check_file_size(name, info.file_size, limit, data_dir)
     return listing
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, data_dir: str) -> io.BytesIO:
+    """A member's bytes; zipfile inflates no more than the size that _list_zip checked."""
+    try:
+        return io.BytesIO(archive.read(name))
+    except NotImplementedError as error:  # Deflate64, AES...: methods zipfile cannot read
+        problem = f"cannot be read ({error}); zip the images again with deflate"
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as error:
+        reason = "fails its CRC-32 check" if "CRC" in str(error) else f"cannot be read ({error})"
+        problem = f"{reason}: the zip is damaged; copy or download it again"
+    raise DataError(f"'{name}' in '{data_dir}' {problem}")
+
+
+def _check_file_size(name: str, size: int, limit: int, data_dir: str) -> None:
+    if size > limit:
+        raise DataError(
+            f"'{name}' in '{data_dir}' is {_bytes(size)}, over the {_bytes(limit)} limit for "
+            f"one image; if it is genuine, raise --max-image-bytes (now {limit})"
+        )
+
+
+def _bytes(size: int) -> str:
+    """A size for a message: '16 MiB', '687.7 MiB', '700 bytes'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
 
 
 def _decode(listing: _Listing, read: Callable) -> Arrays:
@@ -203,8 +261,9 @@ def _decode(listing: _Listing, read: Callable) -> Arrays:
         items = sorted(listing.images[split])  # by class, then file name: a stable order
         images: np.ndarray | None = None
         for i, (_, name) in enumerate(items):
+            source = read(name)  # outside the try: its own DataError says what is wrong
             try:
-                with Image.open(read(name)) as image:
+                with Image.open(source) as image:
                     pixels = np.asarray(image.convert("RGB"))
             except (OSError, ValueError) as error:
                 raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
