@@ -2,7 +2,9 @@
 
 import io
 import logging
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 from PIL import Image
 
 from graftune.config import DataConfig
-from graftune.data import DataError, TrainBatches, eval_batches, load_dataset
+from graftune.data import DataError, TrainBatches, eval_batches, files, load_dataset
 
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip"
 CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
@@ -313,6 +315,42 @@ def test_zip_member_outside_the_zip_is_refused(tmp_path, name):
             archive.writestr(member, data)
         archive.writestr(zipfile.ZipInfo(name), png())  # ZipInfo keeps the name as given
     assert f"'{name}'" in refusal(tmp_path / "data.zip")
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """An 8x8 PNG whose header claims width x height: a bomb's header, without its bulk."""
+    data = bytearray(png())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR follows the signature, length, type
+    data[29:33] = struct.pack(">I", zlib.crc32(data[12:29]))  # Pillow checks the CRC
+    return bytes(data)
+
+
+@both_kinds
+@pytest.mark.parametrize(
+    "width, height, limit, problem",
+    [
+        (20000, 12000, None, "decompression bomb"),  # over 2x Pillow's limit: its error
+        (10000, 10000, 2**40, "decompression bomb"),  # over Pillow's limit: its warning
+        (3000, 3000, None, "3000x3000 pixels, 25.7 MiB decoded, over the 16 MiB limit"),
+    ],
+)
+def test_image_too_large_is_refused_from_its_header(tmp_path, kind, width, height, limit, problem):
+    members = good_members() | {"train/ant/bomb.png": png_claiming(width, height)}
+    changes = {} if limit is None else {"max_image_bytes": limit}
+    message = refusal(build(tmp_path, kind, members), **changes)
+    # Decoding the 8x8 pixels would have said "cannot decode": the header alone refused it.
+    assert "'train/ant/bomb.png'" in message and problem in message
+
+
+def test_image_size_is_checked_before_decoding(tmp_path):
+    members = good_members() | {"train/bee/2.png": png_claiming(9, 8)}  # the 8x8 pixels
+    assert "is 9x8 but the first image is 8x8" in refusal(build(tmp_path, "zip", members))
+
+
+def test_images_too_many_for_memory_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "_memory_bytes", lambda: 1000)
+    message = refusal(build(tmp_path, "zip", good_members()))
+    assert "8 images" in message and "8x8" in message and "1.5 KiB" in message
 
 
 # --- on-device batches --------------------------------------------------------------

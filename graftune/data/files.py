@@ -64,9 +64,9 @@ def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
     if listing is None:
         with _open_zip(path, data_dir) as archive:
             listing = _list_zip(archive, data_dir, max_image_bytes)
-            arrays = _decode(listing, lambda n: _read_member(archive, n, data_dir))
+            arrays = _decode(listing, lambda n: _read_member(archive, n, data_dir), max_image_bytes)
     else:
-        arrays = _decode(listing, lambda n: path / n)
+        arrays = _decode(listing, lambda n: path / n, max_image_bytes)
     _write_cache(cache, arrays)
     return arrays
 
@@ -237,10 +237,14 @@ def _read_member(archive: zipfile.ZipFile, name: str, data_dir: str) -> io.Bytes
 
 def _check_file_size(name: str, size: int, limit: int, data_dir: str) -> None:
     if size > limit:
-        raise DataError(
-            f"'{name}' in '{data_dir}' is {_bytes(size)}, over the {_bytes(limit)} limit for "
-            f"one image; if it is genuine, raise --max-image-bytes (now {limit})"
-        )
+        raise DataError(f"'{name}' in '{data_dir}' is {_bytes(size)}, {_over(limit)}")
+
+
+def _over(limit: int) -> str:
+    return (
+        f"over the {_bytes(limit)} limit for one image; if it is genuine, raise "
+        f"--max-image-bytes (now {limit})"
+    )
 
 
 def _bytes(size: int) -> str:
@@ -251,37 +255,93 @@ def _bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def _decode(listing: _Listing, read: Callable) -> Arrays:
+def _decode(listing: _Listing, read: Callable, limit: int) -> Arrays:
+    """Every listed image as N x 3 x H x W uint8, each one's size checked from its header."""
     classes, data_dir = listing.classes(), listing.data_dir
     listing.report_skipped()
     index = {c: i for i, c in enumerate(classes)}
-    out = []
-    shape: tuple[int, int] | None = None
-    for split in SPLITS:
-        items = sorted(listing.images[split])  # by class, then file name: a stable order
-        images: np.ndarray | None = None
-        for i, (_, name) in enumerate(items):
-            source = read(name)  # outside the try: its own DataError says what is wrong
-            try:
-                with Image.open(source) as image:
-                    pixels = np.asarray(image.convert("RGB"))
-            except (OSError, ValueError) as error:
-                raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
-            if shape is None:
-                shape = pixels.shape[:2]
-            if pixels.shape[:2] != shape:
-                raise DataError(
-                    f"'{name}' in '{data_dir}' is {pixels.shape[1]}x{pixels.shape[0]} but the "
-                    f"first image is {shape[1]}x{shape[0]}; all images must have one size"
-                )
-            if images is None:
-                images = np.empty((len(items), *shape, 3), np.uint8)
-            images[i] = pixels
-        out += [
-            np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
-            np.array([index[c] for c, _ in items], np.int64),
-        ]
+    total = sum(len(items) for items in listing.images.values())
+    out, shape = [], None
+    with warnings.catch_warnings():
+        # Pillow warns of images over 89 Mpx and raises over 179 Mpx: both become refusals.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for split in SPLITS:
+            items = sorted(listing.images[split])  # by class, then file name: a stable order
+            images = None
+            for i, (_, name) in enumerate(items):
+                source = read(name)
+                with _open_image(source, name, data_dir) as image:
+                    shape = _check_size(image.size, shape, limit, name, data_dir)
+                    if images is None:
+                        images = _allocate(len(items), total, shape, data_dir)
+                    images[i] = _rgb(image, name, data_dir).transpose(2, 0, 1)
+            out += [images, np.array([index[c] for c, _ in items], np.int64)]
     return (*out, classes)
+
+
+def _open_image(source: Path | io.BytesIO, name: str, data_dir: str) -> Image.Image:
+    """The image with its header read, its pixels not yet decoded."""
+    try:
+        return Image.open(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        reason = str(error).split(", could be")[0]  # Pillow's sizes, without its alarm
+        raise DataError(
+            f"'{name}' in '{data_dir}' is refused as a possible decompression bomb: {reason}"
+        ) from None
+    except Exception as error:  # noqa: BLE001 (Pillow's plugins raise many types for bad files)
+        raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
+
+
+def _check_size(
+    size: tuple[int, int], shape: tuple[int, int] | None, limit: int, name: str, data_dir: str
+) -> tuple[int, int]:
+    """(height, width) of an image, from its header: checked before a pixel is decoded, so
+    neither a bomb nor the first image can size an allocation beyond the limit."""
+    width, height = size
+    if width * height * 3 > limit:
+        raise DataError(
+            f"'{name}' in '{data_dir}' is {width}x{height} pixels, {_bytes(width * height * 3)} "
+            f"decoded, {_over(limit)}"
+        )
+    if shape is not None and (height, width) != shape:
+        raise DataError(
+            f"'{name}' in '{data_dir}' is {width}x{height} but the first image is "
+            f"{shape[1]}x{shape[0]}; all images must have one size"
+        )
+    return height, width
+
+
+def _allocate(count: int, total: int, shape: tuple[int, int], data_dir: str) -> np.ndarray:
+    """count x 3 x H x W uint8, once the total of both splits is known to fit in memory."""
+    height, width = shape
+    need, memory = total * 3 * height * width, _memory_bytes()
+    try:
+        if memory is None or need <= memory:
+            return np.empty((count, 3, height, width), np.uint8)
+    except MemoryError:
+        pass
+    raise DataError(
+        f"the {total} images of '{data_dir}' are {width}x{height}: as uint8 arrays they need "
+        f"{_bytes(need)}, more than this machine's memory"
+        + (f" ({_bytes(memory)})" if memory else "")
+        + "; make them smaller"
+    )
+
+
+def _memory_bytes() -> int | None:
+    """This machine's memory; None where the OS does not say (np.empty's MemoryError guards)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _rgb(image: Image.Image, name: str, data_dir: str) -> np.ndarray:
+    """The decoded H x W x 3 uint8 pixels."""
+    try:
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    except Exception as error:  # noqa: BLE001 (Pillow's decoders raise many types for bad data)
+        raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
 
 
 def _cache_dir() -> Path:
