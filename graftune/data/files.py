@@ -10,7 +10,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from graftune.data.cache import Arrays, cache_dir, read_cache, write_cache
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FOLDER_HINT = "a folder or .zip with train/ and test/ class folders"
 SPLITS = ("train", "test")
@@ -28,7 +29,6 @@ SPLITS = ("train", "test")
 # not read. 2: nested folders, empty class folders and stray images are refused, not skipped.
 _CACHE_VERSION = 2
 
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]
 log = logging.getLogger(__name__)
 
 
@@ -57,8 +57,8 @@ def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
         listing, files = _list_folder(path, data_dir, max_image_bytes)
         key = "\n".join(["dir", str(path.resolve()), *files])
     digest = hashlib.sha256(f"v{_CACHE_VERSION}\n{key}".encode()).hexdigest()[:20]
-    cache = _cache_dir() / f"imagefolder-{digest}.npz"
-    arrays = _read_cache(cache)
+    cache = cache_dir() / f"imagefolder-{digest}.npz"
+    arrays = read_cache(cache)
     if arrays is not None:
         return arrays
     if listing is None:
@@ -67,7 +67,7 @@ def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
             arrays = _decode(listing, lambda n: _read_member(archive, n, data_dir), max_image_bytes)
     else:
         arrays = _decode(listing, lambda n: path / n, max_image_bytes)
-    _write_cache(cache, arrays)
+    write_cache(cache, arrays)
     return arrays
 
 
@@ -342,34 +342,3 @@ def _rgb(image: Image.Image, name: str, data_dir: str) -> np.ndarray:
         return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except Exception as error:  # noqa: BLE001 (Pillow's decoders raise many types for bad data)
         raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GRAFTUNE_CACHE") or Path.home() / ".cache" / "graftune")
-
-
-def _read_cache(file: Path) -> Arrays | None:
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            arrays = [z[k] for k in ("train_images", "train_labels", "test_images", "test_labels")]
-            classes = [str(c) for c in z["classes"]]
-    except Exception:  # noqa: BLE001 (missing, truncated or foreign: decode it again)
-        return None
-    if len(arrays[0]) != len(arrays[1]) or len(arrays[2]) != len(arrays[3]):
-        return None
-    return (*arrays, classes)
-
-
-def _write_cache(file: Path, arrays: Arrays) -> None:
-    tmp = None
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:  # uncompressed: loads in well under a second
-            keys = ("train_images", "train_labels", "test_images", "test_labels")
-            np.savez(f, **dict(zip(keys, arrays[:4])), classes=np.array(arrays[4]))
-        os.replace(tmp, file)  # readers see the old file or the whole new one, never half
-    except OSError as error:  # a read-only home must not stop training: decode next time
-        warnings.warn(f"graftune: could not write the image cache {file}: {error}", stacklevel=2)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
