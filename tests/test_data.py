@@ -179,10 +179,14 @@ def test_synthetic_classes_are_separable():
 # --- damaged and hostile folders and zips: one line naming the file and the problem ---
 
 
-def png(size=(8, 8), mode="RGB", colour=0) -> bytes:
+def encoded(image: Image.Image, **options) -> bytes:
     buffer = io.BytesIO()
-    Image.new(mode, size, colour).save(buffer, "PNG")
+    image.save(buffer, "PNG", **options)
     return buffer.getvalue()
+
+
+def png(size=(8, 8), mode="RGB", colour=0) -> bytes:
+    return encoded(Image.new(mode, size, colour))
 
 
 def good_members() -> dict[str, bytes | None]:
@@ -351,6 +355,27 @@ def test_images_too_many_for_memory_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "_memory_bytes", lambda: 1000)
     message = refusal(build(tmp_path, "zip", good_members()))
     assert "8 images" in message and "8x8" in message and "1.5 KiB" in message
+
+
+@both_kinds
+def test_other_image_modes_load_as_rgb(tmp_path, kind, recwarn):
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 12, 34, 56] + [0] * 762)
+    modes = {
+        "grey": (encoded(Image.new("L", (8, 8), 77)), (77, 77, 77)),
+        "rgba": (encoded(Image.new("RGBA", (8, 8), (10, 20, 30, 0))), (10, 20, 30)),
+        # transparency as bytes: Pillow warns when converting it to RGB
+        "palette": (encoded(palette, transparency=b"\x00\x80"), (12, 34, 56)),
+        "sixteen": (encoded(Image.fromarray(np.full((8, 8), 0xAB12, np.uint16))), (0xAB,) * 3),
+    }
+    members = good_members() | {f"train/ant/{m}.png": data for m, (data, _) in modes.items()}
+    data = load_dataset(folder_config(build(tmp_path, kind, members)))
+    assert data.train_images.shape == (8, 3, 8, 8) and data.train_images.dtype == np.uint8
+    order = sorted(n for n in members if n.startswith("train/"))  # the loader's order
+    for mode, (_, colour) in modes.items():
+        i = order.index(f"train/ant/{mode}.png")
+        assert tuple(data.train_images[i, :, 5, 5]) == colour, mode  # alpha dropped, not blended
+    assert not [w for w in recwarn if "Transparency" in str(w.message)]
 
 
 # --- on-device batches --------------------------------------------------------------

@@ -26,8 +26,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FOLDER_HINT = "a folder or .zip with train/ and test/ class folders"
 SPLITS = ("train", "test")
 # Bump when the cached layout, or what a folder or zip decodes to, changes: old caches are
-# not read. 2: nested folders, empty class folders and stray images are refused, not skipped.
+# not read. 2: nested folders, empty class folders and stray images are refused, not skipped,
+# and 16-bit grey images keep their top 8 bits instead of clipping to white.
 _CACHE_VERSION = 2
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes of 16-bit PNGs
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +267,8 @@ def _decode(listing: _Listing, read: Callable, limit: int) -> Arrays:
     with warnings.catch_warnings():
         # Pillow warns of images over 89 Mpx and raises over 179 Mpx: both become refusals.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Dropping a palette's transparency is the point of convert("RGB"): no line per image.
+        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
         for split in SPLITS:
             items = sorted(listing.images[split])  # by class, then file name: a stable order
             images = None
@@ -337,8 +341,19 @@ def _memory_bytes() -> int | None:
 
 
 def _rgb(image: Image.Image, name: str, data_dir: str) -> np.ndarray:
-    """The decoded H x W x 3 uint8 pixels."""
+    """The decoded H x W x 3 uint8 pixels of an image of any mode.
+
+    Grey, palette and RGBA images become RGB as torchvision's ImageFolder loader makes them
+    (convert("RGB"): grey repeated, alpha dropped, not blended), so a network sees the same
+    pixels here as there. 16-bit grey keeps its top 8 bits: convert("RGB") would clip every
+    value above 255 to white.
+    """
     try:
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        if image.mode == "RGB":
+            return np.asarray(image)
+        if image.mode in _SIXTEEN_BIT:
+            grey = (np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8)
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        return np.asarray(image.convert("RGB"))
     except Exception as error:  # noqa: BLE001 (Pillow's decoders raise many types for bad data)
         raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
