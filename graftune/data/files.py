@@ -288,7 +288,7 @@ def _open_image(source: Path | io.BytesIO, name: str, data_dir: str) -> Image.Im
     try:
         return Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        reason = str(error).split(", could be")[0]  # Pillow's sizes, without its alarm
+        reason = str(error).split(", could be")[0].lower()  # Pillow's sizes, without its alarm
         raise DataError(
             f"'{name}' in '{data_dir}' is refused as a possible decompression bomb: {reason}"
         ) from None
