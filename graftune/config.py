@@ -33,6 +33,9 @@ class DataConfig:
     test_subset: int = 0  # test images to use; 0 = all
     synthetic_size: int = 512  # train images of the synthetic set (test set is a quarter)
     synthetic_classes: int = 10  # classes of the synthetic set
+    # 16 MiB: room for a 2,300 x 2,300 RGB image, far more than a CNN here trains on; a zip or
+    # PNG bomb declares more, and is refused from its header before anything is inflated.
+    max_image_bytes: int = 16 * 2**20  # bytes: largest image file, and image decoded (W*H*3)
 
 
 @dataclass
@@ -247,6 +250,7 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
         (d.test_subset >= 0, "test_subset", "must be >= 0 (0 = all images)", d.test_subset),
         (d.synthetic_size >= 8, "synthetic_size", "must be >= 8", d.synthetic_size),
         (d.synthetic_classes >= 2, "synthetic_classes", "must be >= 2", d.synthetic_classes),
+        (d.max_image_bytes >= 1, "max_image_bytes", "must be >= 1", d.max_image_bytes),
         (p.num_models >= 1, "num_models", "must be >= 1", p.num_models),
         (p.checkpoint_every >= 1, "checkpoint_every", "must be >= 1", p.checkpoint_every),
         (

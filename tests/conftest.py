@@ -1,4 +1,11 @@
+import io
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
 import pytest
+from PIL import Image
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +27,48 @@ def smoke_args(tmp_path, *extra: str) -> list[str]:
         "--checkpoint-dir", str(tmp_path / "checkpoints"),
         *extra,
     ]  # fmt: skip
+
+
+# --- image folders and zips, sound or spoilt, for the data and command-line tests ---
+
+
+def encoded(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def png(size=(8, 8), mode="RGB", colour=0) -> bytes:
+    return encoded(Image.new(mode, size, colour))
+
+
+def good_members() -> dict[str, bytes | None]:
+    """Two classes, two 8x8 images each in train/ and test/; None marks a directory entry."""
+    names = [f"{s}/{c}/{i}.png" for s in ("train", "test") for c in ("ant", "bee") for i in (0, 1)]
+    return {name: png(colour=(i, 2 * i, 3 * i)) for i, name in enumerate(names)}
+
+
+def build(tmp_path: Path, kind: str, members: dict[str, bytes | None]) -> Path:
+    """The members as a folder or as a zip."""
+    if kind == "zip":
+        tmp_path.mkdir(exist_ok=True)
+        with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, b"" if data is None else data)  # "x/": a directory
+        return tmp_path / "data.zip"
+    for name, data in members.items():
+        target = tmp_path / "data" / name
+        if data is None:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    return tmp_path / "data"
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """An 8x8 PNG whose header claims width x height: a bomb's header, without its bulk."""
+    data = bytearray(png())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR follows the signature, length, type
+    data[29:33] = struct.pack(">I", zlib.crc32(data[12:29]))  # Pillow checks the CRC
+    return bytes(data)

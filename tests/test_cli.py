@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import smoke_args
+from conftest import build, good_members, png_claiming, smoke_args
 from graftune import run
 
 
@@ -40,6 +40,7 @@ def bad_input(capsys, argv: list[str]) -> str:
         (["--no-such-flag", "1"], "--no-such-flag"),
         (["--resume", "0123456789abcdef"], "--resume"),
         (["--tracking-uri", "bogus://store"], "--tracking-uri"),
+        (["--max-image-bytes", "0"], "--max-image-bytes"),
     ],
 )
 def test_bad_setting(tmp_path, capsys, extra, named):
@@ -49,6 +50,27 @@ def test_bad_setting(tmp_path, capsys, extra, named):
 def test_missing_data_directory(tmp_path, capsys):
     argv = smoke_args(tmp_path, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "nope"))
     assert "--data-dir" in bad_input(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    "spoil, extra, problem",
+    [
+        ("truncate", [], "truncated or damaged .zip"),
+        ("bomb", [], "decompression bomb"),
+        (None, ["--max-image-bytes", "100"], "over the 100 bytes limit"),
+    ],
+)
+def test_hostile_zip_is_one_line(tmp_path, capsys, monkeypatch, spoil, extra, problem):
+    monkeypatch.setenv("GRAFTUNE_CACHE", str(tmp_path / "cache"))
+    members = good_members()
+    if spoil == "bomb":
+        members["train/ant/bomb.png"] = png_claiming(20000, 12000)
+    path = build(tmp_path, "zip", members)
+    if spoil == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    argv = smoke_args(tmp_path, "--dataset", "imagefolder", "--data-dir", str(path), *extra)
+    err = bad_input(capsys, argv)
+    assert problem in err and str(path) in err
 
 
 def test_cifar_offline_names_data_dir(tmp_path, capsys):

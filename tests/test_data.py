@@ -1,15 +1,17 @@
-"""Loading (image folders, zips, cache, CIFAR, synthetic, subsets) and on-device batches."""
+"""Loading: folders and zips (damaged, hostile ones too), cache, CIFAR, synthetic, subsets."""
 
+import io
+import logging
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from conftest import build, encoded, good_members, png, png_claiming
 from graftune.config import DataConfig
-from graftune.data import DataError, TrainBatches, eval_batches, load_dataset
+from graftune.data import DataError, files, load_dataset
 
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip"
 CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
@@ -172,118 +174,161 @@ def test_synthetic_classes_are_separable():
     assert (nearest == data.test_labels).mean() > 0.9
 
 
-# --- on-device batches --------------------------------------------------------------
+# --- damaged and hostile folders and zips: one line naming the file and the problem ---
 
 
-def padded_windows(image: torch.Tensor) -> list[torch.Tensor]:
-    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
-    return [padded[:, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
+def refusal(path: Path, **changes) -> str:
+    with pytest.raises(DataError) as info:
+        load_dataset(folder_config(path, **changes))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+    return message
 
 
-def raw(x: torch.Tensor) -> torch.Tensor:
-    """Undo normalisation with mean 0, std 1/255: back to exact uint8 values."""
-    return x.round().long()
+both_kinds = pytest.mark.parametrize("kind", ["folder", "zip"])
 
 
-def test_crop_is_an_exact_padded_window():
-    # Images with 1..255 values, so a zero can only come from the padding.
-    rng = np.random.default_rng(0)
-    images = rng.integers(1, 256, (64, 3, 32, 32), dtype=np.uint8)
-    labels = np.arange(64)
-    batches = TrainBatches(images, labels, 16, (0, 0, 0), (1 / 255,) * 3, seed=3)
-    flipped = unflipped = 0
-    for _ in range(3):
-        for x, y in batches.epoch():
-            assert x.dtype == torch.float32 and x.shape == (16, 3, 32, 32)
-            for out, label in zip(raw(x), y):
-                windows = padded_windows(torch.from_numpy(images[label]).long())
-                if any(torch.equal(out, w) for w in windows):
-                    unflipped += 1
-                elif any(torch.equal(out.flip(2), w) for w in windows):
-                    flipped += 1
-                else:
-                    raise AssertionError("output is not a window of the padded image")
-    assert 60 <= flipped <= 132 and flipped + unflipped == 192  # about half of 192
+@both_kinds
+def test_nested_class_folder_is_refused(tmp_path, kind):
+    members = good_members() | {"train/ant/more/x.png": png()}
+    message = refusal(build(tmp_path, kind, members))  # the folder names the subfolder
+    assert "'train/ant/more/" in message and "nested too deep" in message
 
 
-def test_shifts_cover_all_offsets():
-    images = np.full((512, 3, 32, 32), 255, np.uint8)
-    batches = TrainBatches(images, np.zeros(512), 512, (0, 0, 0), (1 / 255,) * 3, seed=1)
-    x, _ = next(batches.epoch())
-    top = (raw(x)[:, 0, :, 16] == 0).sum(1)  # zero rows above or below: |dy - 4|
-    left = (raw(x)[:, 0, 16, :] == 0).sum(1)
-    assert set(top.tolist()) == set(range(5)) and set(left.tolist()) == set(range(5))
+@both_kinds
+def test_image_outside_a_class_folder_is_refused(tmp_path, kind):
+    members = good_members() | {"test/x.png": png()}
+    assert "'test/x.png'" in refusal(build(tmp_path, kind, members))
 
 
-def test_epoch_is_a_permutation_and_steps():
-    labels = np.arange(100)
-    images = np.zeros((100, 3, 8, 8), np.uint8)
-    batches = TrainBatches(images, labels, 10, (0.5,) * 3, (0.25,) * 3, augment=False)
-    assert batches.steps_per_epoch == 10
-    seen = [y for _, y in batches.epoch()]
-    assert sorted(torch.cat(seen).tolist()) == list(range(100))
-    second = torch.cat([y for _, y in batches.epoch()])
-    assert not torch.equal(torch.cat(seen), second)  # reshuffled each epoch
-    assert TrainBatches(images, labels, 32, (0,) * 3, (1,) * 3).steps_per_epoch == 3
-    few = TrainBatches(images[:5], labels[:5], 128, (0,) * 3, (1,) * 3)
-    (x, y), *rest = list(few.epoch())
-    assert few.steps_per_epoch == 1 and len(y) == 5 and not rest
+@both_kinds
+@pytest.mark.parametrize("extra", [{"train/cow/": None}, {"test/cow/notes.txt": b"moo"}])
+def test_empty_class_folder_is_refused(tmp_path, kind, extra):
+    message = refusal(build(tmp_path, kind, good_members() | extra))
+    assert f"'{next(iter(extra)).rsplit('/', 1)[0]}/'" in message and "no images" in message
 
 
-def test_seed_and_state_dict():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
-    labels = np.arange(40)
-
-    def make(seed: int) -> TrainBatches:
-        return TrainBatches(images, labels, 8, (0.5,) * 3, (0.2,) * 3, seed=seed)
-
-    a, b, c = make(7), make(7), make(8)
-    xs_a = [x for x, _ in a.epoch()]
-    assert all(torch.equal(p, q) for p, q in zip(xs_a, (x for x, _ in b.epoch())))
-    assert not all(torch.equal(p, q) for p, q in zip(xs_a, (x for x, _ in c.epoch())))
-    state = a.state_dict()
-    expected = [x for x, _ in a.epoch()] + [x for x, _ in a.epoch()]
-    resumed = make(0)
-    resumed.load_state_dict(state)
-    got = [x for x, _ in resumed.epoch()] + [x for x, _ in resumed.epoch()]
-    assert all(torch.equal(p, q) for p, q in zip(expected, got))
+@both_kinds
+def test_non_image_files_are_skipped_in_one_line(tmp_path, kind, caplog):
+    junk = {
+        "train/ant/notes.txt": b"x",
+        "train/.DS_Store": b"x",
+        "test/bee/._0.png": b"x",  # macOS resource forks look like images
+        "__MACOSX/train/ant/._1.png": b"x",
+    }
+    path = build(tmp_path, kind, good_members() | junk)
+    with caplog.at_level(logging.WARNING):
+        data = load_dataset(folder_config(path))
+    assert data.classes == ["ant", "bee"] and data.train_images.shape == (4, 3, 8, 8)
+    (record,) = [r for r in caplog.records if "skipped" in r.getMessage()]
+    skipped = 3 if kind == "folder" else 4  # a folder's files outside train/, test/ are not read
+    assert f"skipped {skipped} non-image files in '{path}'" in record.getMessage()
 
 
-def test_normalisation_uses_mean_and_std():
-    images = np.zeros((4, 3, 8, 8), np.uint8)
-    images[:, 0], images[:, 1], images[:, 2] = 0, 51, 255
-    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
-    batches = TrainBatches(images, np.zeros(4), 4, mean, std, augment=False)
-    x, y = next(batches.epoch())
-    expected = torch.tensor([(0 - 0.1) / 0.5, (0.2 - 0.2) / 0.25, (1 - 0.3) / 2.0])
-    assert torch.allclose(x[:, :, 3, 3], expected.expand(4, 3), atol=1e-6)
-    assert y.dtype == torch.int64
-    (ex, ey), *_ = list(eval_batches(images, np.arange(4), 3, mean, std, "cpu"))
-    assert torch.allclose(ex[:, :, 0, 0], expected.expand(3, 3), atol=1e-6)
-    assert ey.tolist() == [0, 1, 2]
+@both_kinds
+def test_image_file_over_the_limit_is_refused_before_reading(tmp_path, kind):
+    members = good_members() | {"train/bee/big.png": png() + bytes(5000)}  # 5 KB of trailing junk
+    message = refusal(build(tmp_path, kind, members), max_image_bytes=4096)
+    assert "'train/bee/big.png'" in message and "over the 4 KiB limit" in message
+    assert "--max-image-bytes" in message
+    assert load_dataset(folder_config(build(tmp_path / "ok", kind, good_members())))
 
 
-def test_matches_torchvision_normalize_and_channels_last():
-    from torchvision import transforms
-
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
-    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-    batches = list(eval_batches(images, np.arange(6), 4, mean, std, "cpu", channels_last=True))
-    assert [len(y) for _, y in batches] == [4, 2]
-    x = torch.cat([b for b, _ in batches])
-    assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
-    for i in range(6):
-        expected = reference(Image.fromarray(images[i].transpose(1, 2, 0)))
-        assert torch.allclose(x[i], expected, atol=1e-5)
-    train = TrainBatches(images, np.arange(6), 3, mean, std, channels_last=True)
-    assert next(train.epoch())[0].is_contiguous(memory_format=torch.channels_last)
+@both_kinds
+def test_truncated_jpeg_is_refused(tmp_path, kind):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "JPEG")
+    members = good_members() | {"test/ant/2.jpg": buffer.getvalue()[:200]}
+    assert "cannot decode 'test/ant/2.jpg'" in refusal(build(tmp_path, kind, members))
 
 
-def test_read_only_arrays_are_not_copied():
-    images = np.zeros((8, 3, 8, 8), np.uint8)
-    images.setflags(write=False)  # as Ray's object store hands them out
-    batches = TrainBatches(images, np.arange(8), 4, (0,) * 3, (1,) * 3)
-    assert batches.images.data_ptr() == images.ctypes.data
+def test_zip_member_with_a_bad_crc_is_refused(tmp_path):
+    members = good_members() | {"train/ant/9.png": png(colour=(99, 99, 99))}
+    data = bytearray(build(tmp_path, "zip", members).read_bytes())
+    at = data.index(members["train/ant/9.png"]) + 40  # stored, not deflated: the PNG as is
+    data[at] ^= 0xFF
+    (tmp_path / "data.zip").write_bytes(bytes(data))
+    message = refusal(tmp_path / "data.zip")
+    assert "'train/ant/9.png'" in message and "CRC-32" in message
+
+
+def test_encrypted_zip_member_is_refused(tmp_path):
+    data = bytearray(build(tmp_path, "zip", good_members()).read_bytes())
+    # zipfile clears flag_bits when it writes: set the "encrypted" bit in the headers after.
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + offset] |= 0x1
+            at = data.find(signature, at + 4)
+    (tmp_path / "data.zip").write_bytes(bytes(data))
+    message = refusal(tmp_path / "data.zip")
+    assert "'train/ant/0.png'" in message and "encrypted" in message
+
+
+def test_truncated_zip_is_refused(tmp_path):
+    data = build(tmp_path, "zip", good_members()).read_bytes()
+    (tmp_path / "data.zip").write_bytes(data[: len(data) // 2])
+    assert "truncated or damaged .zip" in refusal(tmp_path / "data.zip")
+
+
+def test_file_that_is_not_a_zip_is_refused(tmp_path):
+    (tmp_path / "data.zip").write_text("train/ant/0.png\n")
+    assert "is not a .zip" in refusal(tmp_path / "data.zip")
+
+
+@pytest.mark.parametrize("name", ["../train/ant/2.png", "/train/ant/2.png"])
+def test_zip_member_outside_the_zip_is_refused(tmp_path, name):
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        for member, data in good_members().items():
+            archive.writestr(member, data)
+        archive.writestr(zipfile.ZipInfo(name), png())  # ZipInfo keeps the name as given
+    assert f"'{name}'" in refusal(tmp_path / "data.zip")
+
+
+@both_kinds
+@pytest.mark.parametrize(
+    "width, height, limit, problem",
+    [
+        (20000, 12000, None, "decompression bomb"),  # over 2x Pillow's limit: its error
+        (10000, 10000, 2**40, "decompression bomb"),  # over Pillow's limit: its warning
+        (3000, 3000, None, "3000x3000 pixels, 25.7 MiB decoded, over the 16 MiB limit"),
+    ],
+)
+def test_image_too_large_is_refused_from_its_header(tmp_path, kind, width, height, limit, problem):
+    members = good_members() | {"train/ant/bomb.png": png_claiming(width, height)}
+    changes = {} if limit is None else {"max_image_bytes": limit}
+    message = refusal(build(tmp_path, kind, members), **changes)
+    # Decoding the 8x8 pixels would have said "cannot decode": the header alone refused it.
+    assert "'train/ant/bomb.png'" in message and problem in message
+
+
+def test_image_size_is_checked_before_decoding(tmp_path):
+    members = good_members() | {"train/bee/2.png": png_claiming(9, 8)}  # the 8x8 pixels
+    assert "is 9x8 but the first image is 8x8" in refusal(build(tmp_path, "zip", members))
+
+
+def test_images_too_many_for_memory_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "_memory_bytes", lambda: 1000)
+    message = refusal(build(tmp_path, "zip", good_members()))
+    assert "8 images" in message and "8x8" in message and "1.5 KiB" in message
+
+
+@both_kinds
+def test_other_image_modes_load_as_rgb(tmp_path, kind, recwarn):
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 12, 34, 56] + [0] * 762)
+    modes = {
+        "grey": (encoded(Image.new("L", (8, 8), 77)), (77, 77, 77)),
+        "rgba": (encoded(Image.new("RGBA", (8, 8), (10, 20, 30, 0))), (10, 20, 30)),
+        # transparency as bytes: Pillow warns when converting it to RGB
+        "palette": (encoded(palette, transparency=b"\x00\x80"), (12, 34, 56)),
+        "sixteen": (encoded(Image.fromarray(np.full((8, 8), 0xAB12, np.uint16))), (0xAB,) * 3),
+    }
+    members = good_members() | {f"train/ant/{m}.png": data for m, (data, _) in modes.items()}
+    data = load_dataset(folder_config(build(tmp_path, kind, members)))
+    assert data.train_images.shape == (8, 3, 8, 8) and data.train_images.dtype == np.uint8
+    order = sorted(n for n in members if n.startswith("train/"))  # the loader's order
+    for mode, (_, colour) in modes.items():
+        i = order.index(f"train/ant/{mode}.png")
+        assert tuple(data.train_images[i, :, 5, 5]) == colour, mode  # alpha dropped, not blended
+    assert not [w for w in recwarn if "Transparency" in str(w.message)]
