@@ -1,0 +1,66 @@
+"""What a finished search reports: its best trial, printed, written as JSON (best.json)
+and logged on the parent MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from graftune.searchspace import trial_overrides
+from graftune.tracking import Tracker, browse_command
+
+METRICS = ("mean_test_acc", "best_test_acc", "ensemble_test_acc")
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def describe(params: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """A trial's sampled settings and, once it reported, its accuracies."""
+    values = "  ".join(f"{k}={_short(v)}" for k, v in trial_overrides(params).items())
+    if "round" not in metrics:
+        return values
+    accuracies = "  ".join(f"{k.split('_')[0]} {metrics[k]:.2%}" for k in METRICS)
+    return f"{values} | round {metrics['round']}/{metrics.get('num_rounds', '?')}: {accuracies}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def report_best(results, state: dict[str, Any], tracker: Tracker) -> dict[str, Any] | None:
+    """Print the best trial, write it as JSON and log it on the parent run."""
+    metric = state["metric"]
+    try:
+        best = results.get_best_result(metric=metric, mode="max", scope="last")
+    except RuntimeError:
+        console.print(f"[red]no trial reported {metric}; see the errors above")
+        return None
+    chosen = trial_overrides(best.config)
+    summary = {
+        "metric": metric,
+        "mode": "max",
+        "value": best.metrics[metric],
+        "config": chosen,
+        "metrics": {k: best.metrics[k] for k in (*METRICS, "round", "num_rounds")},
+        "trial_id": best.metrics.get("trial_id"),
+        "trial_run_id": best.metrics.get("run_id"),
+        "parent_run_id": state["parent_run_id"],
+        "trials": len(results),
+        "errors": results.num_errors,
+        "experiment_path": state["path"],
+    }
+    output = Path(state["output"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(summary, indent=2) + "\n")
+    tracker.log_params({f"best/{k}": v for k, v in chosen.items()})
+    tracker.log_metrics({f"best/{k}": v for k, v in summary["metrics"].items()}, step=0)
+    tracker.set_tag("graftune.best_run_id", str(summary["trial_run_id"]))
+    tracker.log_text(output.read_text(), "best.json")
+    print(f"best of {len(results)} trials by {metric}: {describe(best.config, best.metrics)}")
+    print(f"best configuration: {output}")
+    print(f"MLflow search run: {tracker.run_id}  best trial's run: {summary['trial_run_id']}")
+    print(f"browse it:  {browse_command(tracker.tracking_uri)}")
+    return summary
