@@ -87,6 +87,8 @@ class TrackingConfig:
     experiment: str = "graftune"
     run_name: str = ""
     log_weights: bool = True  # log the final weights of every network as an artifact
+    log_models: bool = True  # each final network as an MLflow model net{k}: ~1 s each to export
+    register_model: str = ""  # register the best network under this name in the model registry
 
 
 @dataclass
@@ -262,6 +264,8 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
             f"--num-models must be >= 2 when --source is network (a ring needs a predecessor); "
             f"got {p.num_models}. Use --source none to train one network alone."
         )
+    if config.tracking.register_model and not config.tracking.log_models:
+        raise ConfigError("--register-model needs the MLflow models; drop --no-log-models")
     if d.dataset == "imagefolder" and not d.data_dir:
         raise ConfigError("--data-dir must name the image folder or .zip for --dataset imagefolder")
     return config

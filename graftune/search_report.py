@@ -1,5 +1,5 @@
-"""What a finished search reports: its best trial, printed, written as JSON (best.json)
-and logged on the parent MLflow run."""
+"""What a finished search reports: its best trial, printed, written as JSON (best.json),
+logged on the parent MLflow run, and registered with --register-model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 
 from graftune.searchspace import trial_overrides
-from graftune.tracking import Tracker, browse_command
+from graftune.tracking import BEST_MODEL_ID_TAG, REGISTERED_TAG, Tracker, browse_command
 
 METRICS = ("mean_test_acc", "best_test_acc", "ensemble_test_acc")
 
@@ -52,6 +52,7 @@ def report_best(results, state: dict[str, Any], tracker: Tracker) -> dict[str, A
         "errors": results.num_errors,
         "experiment_path": state["path"],
     }
+    summary["registered"] = register_best(tracker, summary, state["settings"])
     output = Path(state["output"])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(summary, indent=2) + "\n")
@@ -61,6 +62,22 @@ def report_best(results, state: dict[str, Any], tracker: Tracker) -> dict[str, A
     tracker.log_text(output.read_text(), "best.json")
     print(f"best of {len(results)} trials by {metric}: {describe(best.config, best.metrics)}")
     print(f"best configuration: {output}")
+    if summary["registered"]:
+        print(f"registered the best trial's best network as {summary['registered']}")
     print(f"MLflow search run: {tracker.run_id}  best trial's run: {summary['trial_run_id']}")
     print(f"browse it:  {browse_command(tracker.tracking_uri)}")
     return summary
+
+
+def register_best(tracker: Tracker, summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    """With --register-model NAME, register the best trial's best network; its version."""
+    name = settings.get("tracking/register_model", "")
+    if not name:
+        return ""
+    tags = tracker.client.get_run(summary["trial_run_id"]).data.tags
+    if BEST_MODEL_ID_TAG not in tags:  # its models failed to log; the trial run says why
+        console.print(f"[red]--register-model {name}: the best trial logged no models")
+        return ""
+    version = tracker.register_model(tags[BEST_MODEL_ID_TAG], name)
+    tracker.set_tag(REGISTERED_TAG, f"{name}/{version}")
+    return f"{name} version {version}"
