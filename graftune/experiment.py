@@ -24,6 +24,7 @@ from graftune import plots
 from graftune.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
 from graftune.config import Config, flatten
 from graftune.data import ImageSet
+from graftune.dataset_input import dataset_inputs
 from graftune.logged_models import best_network, log_networks
 from graftune.population import Population, RoundResult, run_population
 from graftune.tracking import (
@@ -138,7 +139,7 @@ def run_experiment(
 
 def _open_run(config, data, payload, path, parent_run_id) -> tuple[Tracker, str]:
     """The run's tracker and checkpoint path: a new run gets its params, checkpoint tag and
-    config file; a resumed one goes on as it was."""
+    config file; a resumed one goes on as it was. Either logs the data set as its input."""
     t = config.tracking
     tracker = Tracker(
         t.tracking_uri, t.experiment, t.run_name, config.population.resume, parent_run_id
@@ -148,6 +149,7 @@ def _open_run(config, data, payload, path, parent_run_id) -> tuple[Tracker, str]
         path = str(checkpoint_path(config.population.checkpoint_dir, tracker.run_id))
         tracker.set_tag(CHECKPOINT_TAG, path)
         tracker.log_text(yaml.safe_dump(flatten(config), sort_keys=False), "config.yaml")
+    tracker.log_inputs(dataset_inputs(config.data, data))
     return tracker, path
 
 

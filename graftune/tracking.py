@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import (
+    DatasetInput,
     LoggedModelOutput,
     LoggedModelStatus,
     Metric,
@@ -134,6 +135,10 @@ class Tracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        """Data sets as the run's inputs; one already logged (a resumed run) is not repeated."""
+        self.client.log_inputs(self.run_id, datasets=datasets)
 
     def log_model(
         self, name: str, module: Any, example: Any, signature: Any, step: int,

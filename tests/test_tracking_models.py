@@ -1,6 +1,7 @@
 """The MLflow run as its users see it: the final networks as loadable (and registrable)
 models, the data set as the run's input, system metrics and the run's description."""
 
+import json
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ from mlflow.tracking import MlflowClient
 from conftest import smoke_args
 from graftune import run
 from graftune.checkpoint import load_checkpoint
-from graftune.config import Config, ConfigError, from_flat, validate, with_overrides
+from graftune.config import Config, ConfigError, DataConfig, from_flat, validate, with_overrides
 from graftune.data import load_dataset
+from graftune.dataset_input import dataset_inputs, split_digest
 from graftune.models import create_model
 from graftune.search_report import register_best
 from graftune.tracking import Tracker
@@ -108,6 +110,31 @@ print("graftune imported:", "graftune" in sys.modules)
     assert "graftune imported: False" in done.stdout  # an exported graph: no graftune code
     expected = reference_logits(tmp_path, mlflow_run, int(best[3:]), images)
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_run_inputs_are_the_data_set_splits(finished):
+    _, _, mlflow_run = finished
+    data = load_dataset(from_flat(mlflow_run.data.params).data)
+    inputs = {i.tags[0].value: i.dataset for i in mlflow_run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "evaluation"}
+    train, test = inputs["training"], inputs["evaluation"]
+    assert train.name == test.name == "synthetic"
+    assert train.digest == split_digest(data.train_images, data.train_labels, data.classes)
+    assert json.loads(train.profile)["images"] == 256
+    assert json.loads(test.profile)["images"] == 64
+    assert "graftune synthetic" in json.loads(train.source)["uri"]
+
+
+def test_digest_changes_with_the_images_and_not_otherwise():
+    def digests(**settings):
+        cfg = DataConfig(dataset="synthetic", synthetic_size=256, **settings)
+        return [i.dataset.digest for i in dataset_inputs(cfg, load_dataset(cfg))]
+
+    train_100, test_all = digests(subset=100)
+    assert digests(subset=100) == [train_100, test_all]  # the same images: the same digest
+    train_120, test_again = digests(subset=120)
+    assert train_120 != train_100 and test_again == test_all
+    assert digests(subset=100, test_subset=32)[1] != test_all
 
 
 def test_search_registers_its_best_trial(finished):
