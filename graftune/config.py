@@ -89,6 +89,7 @@ class TrackingConfig:
     log_weights: bool = True  # log the final weights of every network as an artifact
     log_models: bool = True  # each final network as an MLflow model net{k}: ~1 s each to export
     register_model: str = ""  # register the best network under this name in the model registry
+    system_metrics: bool = True  # MLflow's CPU, memory and GPU metrics of the driver's node
 
 
 @dataclass

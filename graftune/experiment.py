@@ -101,6 +101,8 @@ def run_experiment(
     population = Population(config, ray.put(data), data.test_labels, placement, bundle_offset)
     status = "FAILED"
     try:
+        if config.tracking.system_metrics:  # inside the try: finish() stops the sampling
+            tracker.start_system_metrics(resume=payload is not None)
         population.start()
         result.worker_info = population.info
         tracker.set_tag(WORKERS_TAG, json.dumps(population.info))

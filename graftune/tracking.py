@@ -10,6 +10,7 @@ import csv
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ def browse_command(tracking_uri: str) -> str:
 
 class Tracker:
     """One MLflow run: params, per-round metrics, tables, plots, weights and models."""
+
+    monitor = None  # the system metrics sampler, while it runs
 
     def __init__(
         self,
@@ -207,7 +210,23 @@ class Tracker:
         )  # fmt: skip
         return int(version.version)
 
+    def start_system_metrics(self, resume: bool = False) -> None:
+        """Sample this node's CPU, memory (and GPU) into ``system/...`` metrics until
+        :meth:`finish`; a resumed run continues its steps."""
+        try:
+            from graftune.system_metrics import SystemMetrics
+        except ImportError as error:  # psutil is missing: train anyway
+            warnings.warn(f"graftune: no system metrics ({error})", stacklevel=2)
+            return
+        self.monitor = SystemMetrics(
+            self.run_id, resume_logging=resume, tracking_uri=self.tracking_uri
+        )
+        self.monitor.start()
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self.monitor is not None:  # before the run ends: its last sample still lands
+            self.monitor.finish()
+            self.monitor = None
         self.client.set_terminated(
             self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
         )

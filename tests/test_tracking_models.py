@@ -137,6 +137,13 @@ def test_digest_changes_with_the_images_and_not_otherwise():
     assert digests(subset=100, test_subset=32)[1] != test_all
 
 
+def test_system_metrics_are_sampled_for_the_run(finished):
+    _, _, mlflow_run = finished
+    metrics = mlflow_run.data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
 def test_search_registers_its_best_trial(finished):
     tmp_path, client, mlflow_run = finished
     parent = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", run_name="search")
