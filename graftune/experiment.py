@@ -25,6 +25,7 @@ from graftune.checkpoint import check_compatible, checkpoint_path, load_checkpoi
 from graftune.config import Config, flatten
 from graftune.data import ImageSet
 from graftune.dataset_input import dataset_inputs
+from graftune.description import run_description
 from graftune.logged_models import best_network, log_networks
 from graftune.population import Population, RoundResult, run_population
 from graftune.tracking import (
@@ -98,6 +99,7 @@ def run_experiment(
     history = list(payload["history"]) if payload else []
     records = list(payload["records"]) if payload else []
     result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
+    tracker.set_description(run_description(config, data, history))
     population = Population(config, ray.put(data), data.test_labels, placement, bundle_offset)
     status = "FAILED"
     try:
@@ -135,6 +137,11 @@ def run_experiment(
         raise
     finally:
         population.shutdown()
+        tracker.set_description(
+            run_description(
+                config, data, history, status, result.best, tracker.run_id, result.registered
+            )
+        )
         tracker.finish(status)
     return result
 

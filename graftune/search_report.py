@@ -1,5 +1,5 @@
 """What a finished search reports: its best trial, printed, written as JSON (best.json),
-logged on the parent MLflow run, and registered with --register-model."""
+logged and described on the parent MLflow run, and registered with --register-model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from graftune.description import search_description
 from graftune.searchspace import trial_overrides
 from graftune.tracking import BEST_MODEL_ID_TAG, REGISTERED_TAG, Tracker, browse_command
 
@@ -60,6 +61,7 @@ def report_best(results, state: dict[str, Any], tracker: Tracker) -> dict[str, A
     tracker.log_metrics({f"best/{k}": v for k, v in summary["metrics"].items()}, step=0)
     tracker.set_tag("graftune.best_run_id", str(summary["trial_run_id"]))
     tracker.log_text(output.read_text(), "best.json")
+    tracker.set_description(search_description(state, summary))
     print(f"best of {len(results)} trials by {metric}: {describe(best.config, best.metrics)}")
     print(f"best configuration: {output}")
     if summary["registered"]:

@@ -24,6 +24,7 @@ from mlflow.entities import (
 )
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 DEFAULT_STORE = "mlflow.db"  # SQLite file in the working directory: MLflow 3 has no ./mlruns store
 PARENT_TAG = "mlflow.parentRunId"
@@ -65,7 +66,8 @@ def browse_command(tracking_uri: str) -> str:
 
 
 class Tracker:
-    """One MLflow run: params, per-round metrics, tables, plots, weights and models."""
+    """One MLflow run: params, per-round metrics, tables, plots, weights, models, inputs,
+    system metrics and a description."""
 
     monitor = None  # the system metrics sampler, while it runs
 
@@ -138,6 +140,10 @@ class Tracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_description(self, markdown: str) -> None:
+        """The run's description: MLflow shows this tag at the top of the run page."""
+        self.set_tag(MLFLOW_RUN_NOTE, markdown)
 
     def log_inputs(self, datasets: list[DatasetInput]) -> None:
         """Data sets as the run's inputs; one already logged (a resumed run) is not repeated."""

@@ -46,6 +46,7 @@ from graftune.config import (
     with_overrides,
 )
 from graftune.data import DataError, ImageSet, load_dataset
+from graftune.description import search_description
 from graftune.models import list_models
 from graftune.search_report import METRICS, describe, report_best
 from graftune.searchspace import (
@@ -251,6 +252,7 @@ def start_search(args, config: Config, space: SearchSpace, state: dict) -> dict[
         }
     )
     tracker.log_text(Path(space.path).read_text(), "search_space.yaml")
+    tracker.set_description(search_description(state, None))
     state["parent_run_id"] = tracker.run_id
     Path(state["path"]).mkdir(parents=True, exist_ok=True)
     (Path(state["path"]) / STATE_FILE).write_text(json.dumps(state, indent=1))

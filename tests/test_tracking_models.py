@@ -17,6 +17,7 @@ from graftune.checkpoint import load_checkpoint
 from graftune.config import Config, ConfigError, DataConfig, from_flat, validate, with_overrides
 from graftune.data import load_dataset
 from graftune.dataset_input import dataset_inputs, split_digest
+from graftune.description import search_description
 from graftune.models import create_model
 from graftune.search_report import register_best
 from graftune.tracking import Tracker
@@ -144,7 +145,17 @@ def test_system_metrics_are_sampled_for_the_run(finished):
     assert metrics["system/system_memory_usage_megabytes"] > 0
 
 
-def test_search_registers_its_best_trial(finished):
+def test_description_states_the_result_and_the_changed_settings(finished):
+    _, _, mlflow_run = finished
+    text = mlflow_run.data.tags["mlflow.note.content"]
+    mean = mlflow_run.data.metrics["population/mean_test_acc"]
+    assert f"| **mean** | **{mean:.2%}** |" in text
+    assert "finished after round 2" in text and "2 x tiny_cnn" in text
+    assert f"| {mlflow_run.data.tags['graftune.best_model']} (best) |" in text
+    assert "--epochs 2" in text and f"registered as {REGISTERED} version 1" in text
+
+
+def test_search_registers_and_describes_its_best_trial(finished):
     tmp_path, client, mlflow_run = finished
     parent = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", run_name="search")
     summary = {"trial_run_id": mlflow_run.info.run_id}
@@ -153,6 +164,15 @@ def test_search_registers_its_best_trial(finished):
     assert registered == "searched version 1"
     (version,) = client.search_model_versions("name = 'searched'")
     assert version.tags["graftune.model_id"] == mlflow_run.data.tags["graftune.best_model_id"]
+    state = {"name": "space", "trials": 3, "searcher": "Optuna TPE", "metric": "mean_test_acc"}
+    metrics = {"round": 2, "num_rounds": 2, "mean_test_acc": 0.5, "best_test_acc": 0.6}
+    summary.update(
+        trial_id="abc_00001", config={"A": 0.25, "num_models": 3}, registered=registered,
+        metrics={**metrics, "ensemble_test_acc": 0.7},
+    )  # fmt: skip
+    text = search_description(state, summary)
+    assert "Best trial: `abc_00001`" in text and "mean 50.00%" in text
+    assert "`--A 0.25 --num-models 3`" in text and "searched version 1" in text
 
 
 def test_register_model_needs_the_models():

@@ -75,6 +75,7 @@ def test_search_runs_each_trial_as_a_nested_population(tmp_path, capsys):
     assert set(best["config"]) == {"A", "num_models"}
     assert parent.data.params["best/num_models"] == str(best["config"]["num_models"])
     assert parent.data.metrics["best/mean_test_acc"] == best["metrics"]["mean_test_acc"]
+    assert f"Best trial: `{best['trial_id']}`" in parent.data.tags["mlflow.note.content"]
     out = capsys.readouterr()
     assert out.err.count(" finished: ") == 3
     assert "best configuration:" in out.out
