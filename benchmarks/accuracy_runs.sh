@@ -12,7 +12,7 @@ out=$(realpath -m "${2:-runs/accuracy}")
 seeds=${3:-0 1}
 mkdir -p "$out"
 common=(--model resnet20 --dataset imagefolder --data-dir "$data" --subset 10000 --epochs 15
-        --no-log-weights --checkpoint-dir "$out/checkpoints"
+        --no-log-weights --no-log-models --checkpoint-dir "$out/checkpoints"
         --tracking-uri "sqlite:///$out/mlflow.db" --experiment accuracy)
 declare -A flags_of=(
   [grafted]="--num-models 2"

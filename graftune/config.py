@@ -92,6 +92,9 @@ class TrackingConfig:
     experiment: str = "graftune"
     run_name: str = ""
     log_weights: bool = True  # log the final weights of every network as an artifact
+    log_models: bool = True  # each final network as an MLflow model net{k}: ~1 s each to export
+    register_model: str = ""  # register the best network under this name in the model registry
+    system_metrics: bool = True  # MLflow's CPU, memory and GPU metrics of the driver's node
 
 
 @dataclass
@@ -279,6 +282,8 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
         for name, on, why in unfusable:
             if on:
                 raise ConfigError(f"--fuse on cannot be combined with {flag_name(name)} ({why})")
+    if config.tracking.register_model and not config.tracking.log_models:
+        raise ConfigError("--register-model needs the MLflow models; drop --no-log-models")
     if d.dataset == "imagefolder" and not d.data_dir:
         raise ConfigError("--data-dir must name the image folder or .zip for --dataset imagefolder")
     return config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,18 @@ from graftune import plots
 from graftune.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
 from graftune.config import Config, flatten
 from graftune.data import ImageSet
+from graftune.dataset_input import dataset_inputs
+from graftune.description import run_description
+from graftune.logged_models import best_network, log_networks
 from graftune.population import Population, RoundResult, run_population
-from graftune.tracking import CHECKPOINT_TAG, Tracker, resolve_tracking_uri
+from graftune.tracking import (
+    BEST_MODEL_ID_TAG,
+    BEST_MODEL_TAG,
+    CHECKPOINT_TAG,
+    REGISTERED_TAG,
+    Tracker,
+    resolve_tracking_uri,
+)
 
 RECORDS_ARTIFACT = "grafting/entropy_alpha.csv"
 WORKERS_TAG = "graftune.workers"  # where each network ran: node, device, threads
@@ -38,6 +49,9 @@ class ExperimentResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     worker_info: list[dict[str, Any]] = field(default_factory=list)
+    best: int | None = None  # the network with the best final test accuracy
+    model_ids: list[str] = field(default_factory=list)  # net{k}'s logged model, when logged
+    registered: str = ""  # "NAME version V" of --register-model
 
     @property
     def final(self) -> dict[str, Any]:
@@ -81,21 +95,16 @@ def run_experiment(
             caller before anything starts.
     """
     payload, path = resume
-    t = config.tracking
-    tracker = Tracker(
-        t.tracking_uri, t.experiment, t.run_name, config.population.resume, parent_run_id
-    )
-    if payload is None:
-        tracker.log_params(flatten(config))
-        path = str(checkpoint_path(config.population.checkpoint_dir, tracker.run_id))
-        tracker.set_tag(CHECKPOINT_TAG, path)
-        tracker.log_text(yaml.safe_dump(flatten(config), sort_keys=False), "config.yaml")
+    tracker, path = _open_run(config, data, payload, path, parent_run_id)
     history = list(payload["history"]) if payload else []
     records = list(payload["records"]) if payload else []
     result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
+    tracker.set_description(run_description(config, data, history))
     population = Population(config, ray.put(data), data.test_labels, placement, bundle_offset)
     status = "FAILED"
     try:
+        if config.tracking.system_metrics:  # inside the try: finish() stops the sampling
+            tracker.start_system_metrics(resume=payload is not None)
         population.start()
         result.worker_info = population.info
         tracker.set_tag(WORKERS_TAG, json.dumps(population.info))
@@ -121,14 +130,36 @@ def run_experiment(
 
         run_population(population, first_round, finish_round)
         _log_final_artifacts(tracker, config, population, history, records)
+        _log_final_networks(tracker, config, data, population.states(), result)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         population.shutdown()
+        tracker.set_description(
+            run_description(
+                config, data, history, status, result.best, tracker.run_id, result.registered
+            )
+        )
         tracker.finish(status)
     return result
+
+
+def _open_run(config, data, payload, path, parent_run_id) -> tuple[Tracker, str]:
+    """The run's tracker and checkpoint path: a new run gets its params, checkpoint tag and
+    config file; a resumed one goes on as it was. Either logs the data set as its input."""
+    t = config.tracking
+    tracker = Tracker(
+        t.tracking_uri, t.experiment, t.run_name, config.population.resume, parent_run_id
+    )
+    if payload is None:
+        tracker.log_params(flatten(config))
+        path = str(checkpoint_path(config.population.checkpoint_dir, tracker.run_id))
+        tracker.set_tag(CHECKPOINT_TAG, path)
+        tracker.log_text(yaml.safe_dump(flatten(config), sort_keys=False), "config.yaml")
+    tracker.log_inputs(dataset_inputs(config.data, data))
+    return tracker, path
 
 
 def add_best_over_rounds(history: list[dict[str, Any]], result: RoundResult) -> None:
@@ -165,3 +196,32 @@ def _log_final_artifacts(tracker, config, population, history, records) -> None:
             for k, state in enumerate(population.states()):
                 torch.save(state["model"], Path(tmp) / f"net{k}.pt")
             tracker.log_artifacts(tmp, "weights")
+
+
+def _log_final_networks(tracker, config, data, states, result: ExperimentResult) -> None:
+    """Mark the best network; log every network as an MLflow model and register the best.
+
+    An architecture that ``torch.export`` cannot trace must not fail a finished run: its
+    weights and checkpoint are kept, and the run says why it has no models."""
+    result.best = best_network(result.final)
+    tracker.set_tag(BEST_MODEL_TAG, f"net{result.best}")
+    t = config.tracking
+    if not t.log_models:
+        return
+    try:
+        result.model_ids = log_networks(
+            tracker, config.model.model, data, states, result.final, flatten(config)
+        )
+    except Exception as error:  # noqa: BLE001 (torch.export raises many kinds)
+        reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+        tracker.set_tag("graftune.log_models_error", reason)
+        warnings.warn(
+            f"graftune: the networks were not logged as MLflow models ({reason})", stacklevel=2
+        )
+        return
+    best_id = result.model_ids[result.best]
+    tracker.set_tag(BEST_MODEL_ID_TAG, best_id)
+    if t.register_model:
+        version = tracker.register_model(best_id, t.register_model)
+        result.registered = f"{t.register_model} version {version}"
+        tracker.set_tag(REGISTERED_TAG, f"{t.register_model}/{version}")

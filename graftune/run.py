@@ -120,6 +120,10 @@ def print_summary(result) -> None:
         table.caption = "* the best of any round, picked on the test set: optimistic"
     Console().print(table)
     print(f"MLflow run: {result.run_id}")
+    if result.model_ids:
+        uri = f"runs:/{result.run_id}/net{result.best}"
+        registered = f"; registered as {result.registered}" if result.registered else ""
+        print(f"best network: net{result.best}, mlflow.pytorch.load_model({uri!r}){registered}")
     print(f"browse it:  {browse_command(result.tracking_uri)}")
 
 

@@ -10,15 +10,28 @@ import csv
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import (
+    DatasetInput,
+    LoggedModelOutput,
+    LoggedModelStatus,
+    Metric,
+    Param,
+    RunStatus,
+)
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 DEFAULT_STORE = "mlflow.db"  # SQLite file in the working directory: MLflow 3 has no ./mlruns store
 PARENT_TAG = "mlflow.parentRunId"
 CHECKPOINT_TAG = "graftune.checkpoint"
+BEST_MODEL_TAG = "graftune.best_model"  # net{k} with the best final test accuracy
+BEST_MODEL_ID_TAG = "graftune.best_model_id"  # its logged model: models:/<id>
+REGISTERED_TAG = "graftune.registered_model"  # "NAME/VERSION" of --register-model
 
 
 def resolve_tracking_uri(uri: str = "") -> str:
@@ -53,7 +66,10 @@ def browse_command(tracking_uri: str) -> str:
 
 
 class Tracker:
-    """One MLflow run: params, per-round metrics, tables, plots and weights."""
+    """One MLflow run: params, per-round metrics, tables, plots, weights, models, inputs,
+    system metrics and a description."""
+
+    monitor = None  # the system metrics sampler, while it runs
 
     def __init__(
         self,
@@ -125,7 +141,98 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def set_description(self, markdown: str) -> None:
+        """The run's description: MLflow shows this tag at the top of the run page."""
+        self.set_tag(MLFLOW_RUN_NOTE, markdown)
+
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        """Data sets as the run's inputs; one already logged (a resumed run) is not repeated."""
+        self.client.log_inputs(self.run_id, datasets=datasets)
+
+    def log_model(
+        self, name: str, module: Any, example: Any, signature: Any, step: int,
+        tags: dict[str, str], params: dict[str, Any], metrics: list[str],
+    ) -> str:  # fmt: skip
+        """``module`` as MLflow PyTorch model ``name`` of this run; returns its model id.
+
+        What ``mlflow.pytorch.log_model`` does, through this run's client: that function
+        needs the global tracking URI and an active run (else its model lands in the default
+        experiment). The model is a ``torch.export`` graph (MLflow 3's safe "pt2" format), so
+        loading it needs neither graftune nor unpickling. The run's ``metrics`` (keys) at
+        ``step`` are linked to the model as ``log_model`` links them: the same values and
+        timestamps, so the run's own history shows each once.
+        """
+        import mlflow.pytorch  # imports torch: only a driver that logs models pays for it
+        from mlflow.models import Model
+
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        model = self.client.create_logged_model(
+            experiment_id, name, self.run_id, tags, {k: str(v) for k, v in params.items()}
+        )
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                # The MLmodel fields that log_model writes, so runs:/ and models:/ URIs resolve.
+                info = Model(
+                    artifact_path=model.artifact_location, model_uuid=model.model_id,
+                    run_id=self.run_id, model_id=model.model_id,
+                )  # fmt: skip
+                mlflow.pytorch.save_model(
+                    module, Path(tmp) / "model", mlflow_model=info, signature=signature,
+                    input_example=example, serialization_format="pt2",
+                    # given, not inferred: inferring loads the model in a subprocess (seconds)
+                    pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                )  # fmt: skip
+                self.client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
+        linked = [
+            Metric(m.key, m.value, m.timestamp, m.step, run_id=self.run_id, model_id=model.model_id)
+            for key in metrics
+            for m in self.client.get_metric_history(self.run_id, key)
+            if m.step == step and m.model_id is None
+        ]
+        self.client.log_batch(self.run_id, metrics=linked)
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
+    def register_model(self, model_id: str, name: str) -> int:
+        """A new version of registered model ``name`` made from a logged model (of this run
+        or another, e.g. a search's best trial); returns the version number."""
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        model = self.client.get_logged_model(model_id)
+        # The artifact location, not models:/<id>: for that URI MLflow's registry looks the
+        # model up through the global tracking URI, not this client's store. A SQL registry
+        # keeps no model id either, so a tag says which logged model (and network) it is.
+        version = self.client.create_model_version(
+            name, model.artifact_location, run_id=model.source_run_id,
+            tags={"graftune.model_id": model_id, "graftune.network": model.name},
+            model_id=model_id,
+        )  # fmt: skip
+        return int(version.version)
+
+    def start_system_metrics(self, resume: bool = False) -> None:
+        """Sample this node's CPU, memory (and GPU) into ``system/...`` metrics until
+        :meth:`finish`; a resumed run continues its steps."""
+        try:
+            from graftune.system_metrics import SystemMetrics
+        except ImportError as error:  # psutil is missing: train anyway
+            warnings.warn(f"graftune: no system metrics ({error})", stacklevel=2)
+            return
+        self.monitor = SystemMetrics(
+            self.run_id, resume_logging=resume, tracking_uri=self.tracking_uri
+        )
+        self.monitor.start()
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self.monitor is not None:  # before the run ends: its last sample still lands
+            self.monitor.finish()
+            self.monitor = None
         self.client.set_terminated(
             self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
         )

@@ -55,6 +55,7 @@ def run_trial(params: dict[str, Any], base: Config, data: ImageSet, parent_run_i
             "cpus_per_worker": worker.get("CPU", 0.0),
             "gpus_per_worker": worker.get("GPU", 0.0),
             "run_name": tune.get_context().get_trial_name(),
+            "register_model": "",  # the search registers its best trial's network, once
         },
     )
     config, resume = restore_trial(config, tune.get_checkpoint())

@@ -46,24 +46,23 @@ from graftune.config import (
     with_overrides,
 )
 from graftune.data import DataError, ImageSet, load_dataset
+from graftune.description import search_description
 from graftune.models import list_models
+from graftune.search_report import METRICS, describe, report_best
 from graftune.searchspace import (
     SearchSpace,
     SearchSpaceError,
     load_search_space,
-    trial_overrides,
 )
 from graftune.tracking import (
     PARENT_TAG,
     Tracker,
-    browse_command,
     open_store,
     resolve_tracking_uri,
 )
 from graftune.trial import DRIVER_BUNDLE, run_trial, trial_resources
 
 STATE_FILE = "graftune-search.json"  # in the Tune experiment dir: what --resume needs
-METRICS = ("mean_test_acc", "best_test_acc", "ensemble_test_acc")
 INTERRUPTED = 130  # exit code of a search stopped by Ctrl+C (128 + SIGINT)
 
 console = Console(stderr=True, soft_wrap=True)  # a finished trial is one line
@@ -253,6 +252,7 @@ def start_search(args, config: Config, space: SearchSpace, state: dict) -> dict[
         }
     )
     tracker.log_text(Path(space.path).read_text(), "search_space.yaml")
+    tracker.set_description(search_description(state, None))
     state["parent_run_id"] = tracker.run_id
     Path(state["path"]).mkdir(parents=True, exist_ok=True)
     (Path(state["path"]) / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -326,19 +326,6 @@ class TrialLines(tune.Callback):
         console.print(f"[red]trial {trial.trial_id} failed; see {trial.path}/error.txt")
 
 
-def describe(params: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """A trial's sampled settings and, once it reported, its accuracies."""
-    values = "  ".join(f"{k}={_short(v)}" for k, v in trial_overrides(params).items())
-    if "round" not in metrics:
-        return values
-    accuracies = "  ".join(f"{k.split('_')[0]} {metrics[k]:.2%}" for k in METRICS)
-    return f"{values} | round {metrics['round']}/{metrics.get('num_rounds', '?')}: {accuracies}"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def interrupted(results, expected: int) -> bool:
     """Whether Ctrl+C ended the search. Tune marks the trials it stops then as terminated, so
     look at what they reported: an error, ``done`` (a scheduler stop, or the end in this
@@ -361,42 +348,6 @@ def stopped(state: dict[str, Any], config: Config) -> int:
         f"--resume --name {state['name']} --storage-path {storage}"
     )
     return INTERRUPTED
-
-
-def report_best(results, state: dict[str, Any], tracker: Tracker) -> dict[str, Any] | None:
-    """Print the best trial, write it as JSON and log it on the parent run."""
-    metric = state["metric"]
-    try:
-        best = results.get_best_result(metric=metric, mode="max", scope="last")
-    except RuntimeError:
-        console.print(f"[red]no trial reported {metric}; see the errors above")
-        return None
-    chosen = trial_overrides(best.config)
-    summary = {
-        "metric": metric,
-        "mode": "max",
-        "value": best.metrics[metric],
-        "config": chosen,
-        "metrics": {k: best.metrics[k] for k in (*METRICS, "round", "num_rounds")},
-        "trial_id": best.metrics.get("trial_id"),
-        "trial_run_id": best.metrics.get("run_id"),
-        "parent_run_id": state["parent_run_id"],
-        "trials": len(results),
-        "errors": results.num_errors,
-        "experiment_path": state["path"],
-    }
-    output = Path(state["output"])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2) + "\n")
-    tracker.log_params({f"best/{k}": v for k, v in chosen.items()})
-    tracker.log_metrics({f"best/{k}": v for k, v in summary["metrics"].items()}, step=0)
-    tracker.set_tag("graftune.best_run_id", str(summary["trial_run_id"]))
-    tracker.log_text(output.read_text(), "best.json")
-    print(f"best of {len(results)} trials by {metric}: {describe(best.config, best.metrics)}")
-    print(f"best configuration: {output}")
-    print(f"MLflow search run: {tracker.run_id}  best trial's run: {summary['trial_run_id']}")
-    print(f"browse it:  {browse_command(tracker.tracking_uri)}")
-    return summary
 
 
 if __name__ == "__main__":

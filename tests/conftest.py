@@ -19,12 +19,15 @@ def ray_local():
 
 
 def smoke_args(tmp_path, *extra: str) -> list[str]:
-    """Command-line settings of a population that trains in seconds on a CPU."""
+    """Command-line settings of a population that trains in seconds on a CPU.
+
+    Without MLflow models: exporting them costs seconds a run (test_tracking_models.py turns
+    them on with --log-models)."""
     return [
         "--model", "tiny_cnn", "--dataset", "synthetic", "--synthetic-size", "256",
         "--epochs", "2", "--batch-size", "64", "--lr", "0.05",
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--checkpoint-dir", str(tmp_path / "checkpoints"),
+        "--checkpoint-dir", str(tmp_path / "checkpoints"), "--no-log-models",
         *extra,
     ]  # fmt: skip
 

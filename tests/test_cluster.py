@@ -372,7 +372,7 @@ def test_workers_on_a_node_without_the_data_get_it_from_the_object_store(cluster
     submission_id = submit(
         cluster, "--num-models", "2", "--model", "tiny_cnn", "--dataset", "imagefolder",
         "--data-dir", "~/tiny.zip", "--epochs", "1", "--batch-size", "8",
-        "--placement", "SPREAD", "--no-log-weights",
+        "--placement", "SPREAD", "--no-log-weights", "--no-log-models",
     )  # fmt: skip
     logs = wait_for_job(cluster, submission_id)
     _, run = run_of(logs, cluster)

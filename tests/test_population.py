@@ -144,6 +144,7 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
     client = client_for(tmp_path)
     (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
     assert stopped.info.status == "KILLED"
+    assert "killed after round 1" in stopped.data.tags["mlflow.note.content"]
     run_id = stopped.info.run_id
     with pytest.raises(SystemExit) as refused:  # a checkpoint of another architecture
         run.main(smoke_args(tmp_path, "--resume", run_id, "--model", "resnet20"))
@@ -154,6 +155,7 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
     for key in ["net0/test_acc", "population/mean_test_acc"]:
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
     assert client.get_run(run_id).info.status == "FINISHED"
+    assert "finished after round 2" in client.get_run(run_id).data.tags["mlflow.note.content"]
 
 
 def test_worker_resources_fit_the_nodes():

@@ -25,7 +25,7 @@ def search_args(tmp_path, space: str, *extra: str) -> list[str]:
     path.write_text(space)
     return smoke_args(
         tmp_path, "--search-space", str(path), "--storage-path", str(tmp_path / "tune"),
-        "--cpus-per-worker", "0.1", "--no-log-weights", *extra,
+        "--cpus-per-worker", "0.1", "--no-log-weights", "--no-system-metrics", *extra,
     )  # fmt: skip
 
 
@@ -66,6 +66,7 @@ def test_search_runs_each_trial_as_a_nested_population(tmp_path, capsys):
     assert {c.info.run_id for c in children} == {h[-1]["run_id"] for h in histories}
     for child in children:  # the layout of a single population run
         assert child.data.params["population/num_models"] in ("2", "3")
+        assert not [k for k in child.data.metrics if k.startswith("system/")]
         steps = client.get_metric_history(child.info.run_id, "population/mean_test_acc")
         assert [m.step for m in steps] == [1, 2]
 
@@ -74,6 +75,7 @@ def test_search_runs_each_trial_as_a_nested_population(tmp_path, capsys):
     assert set(best["config"]) == {"A", "num_models"}
     assert parent.data.params["best/num_models"] == str(best["config"]["num_models"])
     assert parent.data.metrics["best/mean_test_acc"] == best["metrics"]["mean_test_acc"]
+    assert f"Best trial: `{best['trial_id']}`" in parent.data.tags["mlflow.note.content"]
     out = capsys.readouterr()
     assert out.err.count(" finished: ") == 3
     assert "best configuration:" in out.out
