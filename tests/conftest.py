@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from graftune import run
+from graftune.cli import config_from_args
+from graftune.config import Config, with_overrides
+from graftune.data import load_dataset
+from graftune.experiment import run_experiment
+
 
 @pytest.fixture(scope="session")
 def ray_local():
@@ -75,3 +81,22 @@ def png_claiming(width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)  # IHDR follows the signature, length, type
     data[29:33] = struct.pack(">I", zlib.crc32(data[12:29]))  # Pillow checks the CRC
     return bytes(data)
+
+
+def smoke_config(tmp_path, **overrides) -> Config:
+    args = run.build_parser().parse_args(smoke_args(tmp_path))
+    return with_overrides(config_from_args(args), overrides)
+
+
+def run_with_hook_after_round_1(config, hook):
+    """Run a population, calling ``hook(population)`` once round 1 is logged."""
+    started = []
+
+    def after_round(result):
+        if result.round == 1:
+            hook(started[0])
+
+    return run_experiment(
+        config, load_dataset(config.data), on_round=after_round,
+        on_start=lambda population, rounds: started.append(population),
+    )  # fmt: skip

@@ -7,9 +7,8 @@ import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
-from test_population import run_with_hook_after_round_1, smoke_config
 
-from conftest import smoke_args
+from conftest import run_with_hook_after_round_1, smoke_args, smoke_config
 from graftune import run
 from graftune.async_rounds import AsyncSchedule
 from graftune.data import load_dataset

@@ -8,7 +8,7 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import smoke_args
+from conftest import run_with_hook_after_round_1, smoke_args, smoke_config
 from graftune import run
 from graftune.config import Config, with_overrides
 from graftune.core import GraftPolicy, find_graft_units, ring_graft
@@ -18,13 +18,6 @@ from graftune.models import create_model
 from graftune.population import Population
 
 pytestmark = pytest.mark.usefixtures("ray_local")
-
-
-def smoke_config(tmp_path, **overrides) -> Config:
-    args = run.build_parser().parse_args(smoke_args(tmp_path))
-    from graftune.cli import config_from_args
-
-    return with_overrides(config_from_args(args), overrides)
 
 
 def client_for(tmp_path) -> MlflowClient:
@@ -74,20 +67,6 @@ def test_actor_grafts_equal_the_pure_core(tmp_path):
     for k in range(3):
         for key, value in after[k].items():
             torch.testing.assert_close(torch.from_numpy(value), expected[k][0][key])
-
-
-def run_with_hook_after_round_1(config, hook):
-    """Run a population, calling ``hook(population)`` once round 1 is logged."""
-    started = []
-
-    def after_round(result):
-        if result.round == 1:
-            hook(started[0])
-
-    return run_experiment(
-        config, load_dataset(config.data), on_round=after_round,
-        on_start=lambda population, rounds: started.append(population),
-    )  # fmt: skip
 
 
 def test_killed_worker_is_replaced_and_every_round_logged_once(tmp_path):
