@@ -16,7 +16,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 from torch import nn
 
-from graftune.data import ImageSet, _normaliser
+from graftune.data import ImageSet
+from graftune.data.batches import _normaliser
 from graftune.models import create_model
 
 EXAMPLE_IMAGES = 2  # the input example: one image would fix the exported batch size at 1
