@@ -227,3 +227,14 @@ def test_ensemble_accuracy_averages_probabilities():
     p2 = np.array([[0.6, 0.4], [0.1, 0.9], [0.1, 0.9]])
     assert ensemble_accuracy([p1], labels) == pytest.approx(1 / 3)
     assert ensemble_accuracy([p1, p2], labels) == pytest.approx(1.0)
+
+
+def test_graft_refuses_a_missing_source_without_assert():
+    import pytest
+
+    from graftune.core import GraftPolicy, find_graft_units, graft
+    from graftune.models import create_model
+
+    model = create_model("tiny_cnn")
+    with pytest.raises(ValueError, match="needs the source's tensors"):
+        graft(model.state_dict(), None, find_graft_units(model), GraftPolicy())

@@ -97,7 +97,8 @@ def graft(
         return new_state, []
     if policy.source == "noise":
         source = noise_source(receiver, units, generator)
-    assert source is not None, "a network source needs the source's tensors"
+    if source is None:  # survives python -O, unlike an assert
+        raise ValueError("graft: a network source needs the source's tensors, got None")
     graft_unit = _graft_filters if policy.level == "filter" else _graft_layer
     records = []
     for unit in units:
@@ -128,7 +129,11 @@ def _graft_filters(own, theirs, policy: GraftPolicy):
     alpha = policy.alpha(h_self_f[invalid], h_src_f[invalid])
     mixed = []
     for a, b in zip(own, theirs):
-        assert a.shape[0] == own[0].shape[0], "unit tensors share the filter dimension"
+        if a.shape[0] != own[0].shape[0]:
+            raise ValueError(
+                f"graft: a unit's tensors must share the filter dimension "
+                f"({tuple(a.shape)} against the weight's {tuple(own[0].shape)})"
+            )
         weight = alpha.to(a.dtype).reshape(-1, *([1] * (a.dim() - 1)))
         out = a.clone()
         out[invalid] = weight * a[invalid] + (1.0 - weight) * b[invalid].to(a.dtype)
