@@ -58,18 +58,38 @@ class ExperimentResult:
         return self.history[-1] if self.history else {}
 
 
+def stopped_checkpoint(run_id: str, tracking_uri: str) -> tuple[dict[str, Any], str]:
+    """The last checkpoint of a stopped run and its path: its settings are the truth."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    try:
+        path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG, "")
+    except Exception as error:  # MLflow raises its own types for an unknown run
+        raise ValueError(
+            f"--resume {run_id}: no such MLflow run ({type(error).__name__})"
+        ) from None
+    if not path or not Path(path).exists():
+        raise ValueError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
+    return load_checkpoint(path), path
+
+
 def resume_payload(config: Config) -> tuple[dict[str, Any] | None, str]:
     """The checkpoint of ``--resume RUN_ID`` (checked against the config) and its path."""
     run_id = config.population.resume
     if not run_id:
         return None, ""
-    client = MlflowClient(resolve_tracking_uri(config.tracking.tracking_uri))
-    path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG, "")
-    if not path or not Path(path).exists():
-        raise ValueError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
-    payload = load_checkpoint(path)
+    payload, path = stopped_checkpoint(run_id, config.tracking.tracking_uri)
     check_compatible(payload, config.model.model, config.population.num_models)
     return payload, path
+
+
+def resume_overrides(config: Config, payload: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resume changes against its checkpoint's (``--resume`` itself aside)."""
+    saved = payload.get("config", {})
+    return {
+        k: v
+        for k, v in flatten(config).items()
+        if k != "population/resume" and k in saved and str(saved[k]) != str(v)
+    }
 
 
 def run_experiment(
@@ -96,6 +116,12 @@ def run_experiment(
     """
     payload, path = resume
     tracker, path = _open_run(config, data, payload, path, parent_run_id)
+    resumes = 0
+    if payload is not None:  # each resume and what it changed; later checkpoints carry it
+        resumes = int(payload.get("resumes", 0)) + 1
+        changed = resume_overrides(config, payload)
+        tracker.log_text(yaml.safe_dump(changed, sort_keys=False), f"config-resume-{resumes}.yaml")
+        tracker.set_tag("graftune.resumes", str(resumes))
     history = list(payload["history"]) if payload else []
     records = list(payload["records"]) if payload else []
     result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
@@ -124,6 +150,7 @@ def run_experiment(
             last = round_result.round == population.num_rounds
             if last or round_result.round % config.population.checkpoint_every == 0:
                 state = _payload(config, round_result.round, population, history, records)
+                state["resumes"] = resumes
                 round_result.checkpoint = str(save_checkpoint(path, state))
             if on_round is not None:
                 on_round(round_result)

@@ -41,22 +41,18 @@ def build_parser() -> OneLineParser:
 
 def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Any]:
     """Everything that can be wrong with the input, checked before any actor starts."""
-    from graftune.experiment import resume_payload
+    from graftune.experiment import check_compatible, stopped_checkpoint
 
     args = build_parser().parse_args(argv)
-    base = None
-    if args.resume:  # the stopped run's own settings, then whatever flags were typed
-        client = open_store(args.tracking_uri or "")
-        try:
-            params = client.get_run(args.resume).data.params
-        except Exception as error:  # MLflow raises its own types for an unknown run
-            raise ValueError(
-                f"--resume {args.resume}: no such MLflow run ({type(error).__name__})"
-            ) from None
-        base = from_flat(params)
+    base, resume = None, (None, "")
+    if args.resume:  # the checkpoint's settings, then whatever flags were typed now
+        open_store(args.tracking_uri or "")
+        resume = stopped_checkpoint(args.resume, args.tracking_uri or "")
+        base = from_flat(resume[0]["config"])
     config = validate(config_from_args(args, base), known_models=list_models())
     open_store(config.tracking.tracking_uri)
-    resume = resume_payload(config)
+    if resume[0] is not None:
+        check_compatible(resume[0], config.model.model, config.population.num_models)
     data = load_dataset(config.data)
     return config, data, resume
 

@@ -152,3 +152,37 @@ def test_worker_resources_fit_the_nodes():
     assert worker_resources(three, {"CPU": 16, "GPU": 1}) == {"CPU": 1.0, "GPU": 0.3333}
     fixed = with_overrides(config, {"cpus_per_worker": 3, "gpus_per_worker": 0})
     assert worker_resources(fixed, {"CPU": 24, "GPU": 4}) == {"CPU": 3.0}
+
+
+def test_resume_keeps_the_settings_of_the_last_resume(tmp_path):
+    """The checkpoint's settings are the truth: --epochs given to one resume still stands
+    at the next resume without flags, and each resume is recorded with what it changed."""
+    config = smoke_config(tmp_path, num_models=2, epochs=3)
+    data = load_dataset(config.data)
+
+    def stop_after(last_round):
+        def on_round(result):
+            if result.round == last_round:
+                raise KeyboardInterrupt
+
+        return on_round
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, data, on_round=stop_after(1))
+    client = client_for(tmp_path)
+    (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
+    run_id = stopped.info.run_id
+    # only the tracking store and the run: any other flag would count as a new override
+    store = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-log-models"]
+    longer, _, resume = run.prepare([*store, "--resume", run_id, "--epochs", "5"])
+    assert longer.train.epochs == 5
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(longer, data, on_round=stop_after(3), resume=resume)
+    again, _, _ = run.prepare([*store, "--resume", run_id])
+    assert again.train.epochs == 5  # not the 3 of the first run's params
+    assert run.main([*store, "--resume", run_id]) == 0
+    steps = [m.step for m in client.get_metric_history(run_id, "population/mean_test_acc")]
+    assert steps == [1, 2, 3, 4, 5]
+    first = client.download_artifacts(run_id, "config-resume-1.yaml", str(tmp_path))
+    assert "train/epochs: 5" in open(first).read()
+    assert client.get_run(run_id).data.tags["graftune.resumes"] == "2"  # two resumes ran
