@@ -27,7 +27,8 @@ from graftune.data import ImageSet
 from graftune.dataset_input import dataset_inputs
 from graftune.description import run_description
 from graftune.logged_models import best_network, log_networks
-from graftune.population import Population, RoundResult, run_population
+from graftune.population import Population, RoundResult
+from graftune.rounds import run_population
 from graftune.tracking import (
     BEST_MODEL_ID_TAG,
     BEST_MODEL_TAG,

@@ -120,16 +120,8 @@ class FusedTrainer:
     def size(self) -> int:
         return len(self.indices)
 
-    @property
-    def steps_per_round(self) -> int:
-        g = self.config.graft
-        if g.interval_steps > 0:
-            return g.interval_steps
-        return max(1, round(g.interval_epochs * self.steps_per_epoch))
-
-    @property
-    def num_rounds(self) -> int:
-        return math.ceil(self.total_steps / self.steps_per_round)
+    steps_per_round = Trainer.steps_per_round
+    num_rounds = Trainer.num_rounds
 
     def lrs(self, step: int) -> list[float]:
         """Every network's learning rate at ``step``, in double precision as SGD has it."""
@@ -172,6 +164,16 @@ class FusedTrainer:
         """torch.optim.SGD's update (momentum, weight decay, no dampening or Nesterov) over
         all stacked tensors at once, then each network's own learning rate: one foreach
         call per network with SGD's own ``alpha=-lr``, so the rounding is SGD's too."""
+        params, bufs = self.momentum_update()
+        for j, lr in enumerate(self.lrs(self.step)):
+            torch._foreach_add_([p[j] for p in params], [b[j] for b in bufs], alpha=-lr)
+        for p in params:
+            p.grad = None
+
+    @torch.no_grad()
+    def momentum_update(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """SGD's weight decay and momentum over all stacked tensors: buf = m * buf + g + wd * p.
+        Returns the parameters and their momentum buffers, for the learning-rate step."""
         t = self.config.train
         params = list(self.params.values())
         grads = [p.grad for p in params]
@@ -180,10 +182,7 @@ class FusedTrainer:
             torch._foreach_add_(grads, params, alpha=t.weight_decay)
         torch._foreach_mul_(bufs, t.momentum)
         torch._foreach_add_(bufs, grads)
-        for j, lr in enumerate(self.lrs(self.step)):
-            torch._foreach_add_([p[j] for p in params], [b[j] for b in bufs], alpha=-lr)
-        for p in params:
-            p.grad = None
+        return params, bufs
 
     def train_interval(self, steps: int | None = None) -> list[dict[str, Any]]:
         """Train one graft interval (or ``steps``); one metrics dict per network."""
@@ -383,7 +382,7 @@ class CudaGraphStep:
             return None, f"eager (CUDA graph capture failed: {type(error).__name__}: {error})"
 
     def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
-        t, trainer = self.trainer.config.train, self.trainer
+        trainer = self.trainer
         trainer.base.train()
         with torch.autocast("cuda", dtype=trainer.autocast or torch.float32,
                             enabled=trainer.autocast is not None, cache_enabled=False):  # fmt: skip
@@ -391,14 +390,8 @@ class CudaGraphStep:
         out = out.float()
         losses = torch.stack([F.cross_entropy(out[j], self.y[j]) for j in range(trainer.size)])
         losses.sum().backward()
+        params, bufs = trainer.momentum_update()
         with torch.no_grad():
-            params = list(trainer.params.values())
-            grads = [p.grad for p in params]
-            bufs = list(trainer.momentum.values())
-            if t.weight_decay:
-                torch._foreach_add_(grads, params, alpha=t.weight_decay)
-            torch._foreach_mul_(bufs, t.momentum)
-            torch._foreach_add_(bufs, grads)
             lr = self.lr_table.index_select(0, self.step_index).view(-1)
             steps = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
             torch._foreach_addcmul_(params, bufs, steps, value=-1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,22 +339,3 @@ def ring_before(k: int, size: int) -> Iterator[int]:
 
 def _train_metrics(train: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train.items() if k in ("train_loss", "train_acc", "lr")}
-
-
-def run_population(
-    population: Population,
-    first_round: int = 1,
-    on_round: Callable[[RoundResult], None] | None = None,
-) -> list[RoundResult]:
-    """Run rounds ``first_round``..num_rounds, calling ``on_round`` after each."""
-    if population.config.population.asynchronous:
-        from graftune.async_rounds import run_async  # it builds on this module
-
-        return run_async(population, first_round, on_round)
-    results = []
-    for round_index in range(first_round, population.num_rounds + 1):
-        result = population.run_round(round_index)
-        results.append(result)
-        if on_round is not None:
-            on_round(result)
-    return results

@@ -40,6 +40,13 @@ def lr_factor(t: Any, step: int, steps_per_epoch: int, total_steps: int) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+def steps_per_round(g: Any, steps_per_epoch: int) -> int:
+    """Optimizer steps in one graft interval: --interval-steps, else --interval-epochs."""
+    if g.interval_steps > 0:
+        return g.interval_steps
+    return max(1, round(g.interval_epochs * steps_per_epoch))
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on GPUs that support it ("auto" or "bf16"); fp32 on CPUs, where bf16
     convolutions are slower, and whenever "fp32" is asked for."""
@@ -122,10 +129,7 @@ class Trainer:
 
     @property
     def steps_per_round(self) -> int:
-        g = self.config.graft
-        if g.interval_steps > 0:
-            return g.interval_steps
-        return max(1, round(g.interval_epochs * self.steps_per_epoch))
+        return steps_per_round(self.config.graft, self.steps_per_epoch)
 
     @property
     def num_rounds(self) -> int:
