@@ -25,7 +25,7 @@ import ray
 
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
-from graftune.population import Population
+from graftune.population.population import Population
 
 
 def arm_settings(arm: str) -> dict:

@@ -18,8 +18,8 @@ import ray
 
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
-from graftune.population import Population
-from graftune.rounds import run_population
+from graftune.population.population import Population
+from graftune.population.rounds import run_population
 
 
 def wall_time(settings: dict, data_ref, labels) -> float:

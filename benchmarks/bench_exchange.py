@@ -23,7 +23,7 @@ import torch
 
 from graftune.config import Config, flatten, from_flat, with_overrides
 from graftune.data import load_dataset
-from graftune.trainer import Trainer
+from graftune.training.trainer import Trainer
 
 
 @ray.remote(num_cpus=0.25)

@@ -19,7 +19,7 @@ import torch
 
 from graftune.config import Config, flatten, with_overrides
 from graftune.data import load_dataset
-from graftune.worker import GraftWorker
+from graftune.population.worker import GraftWorker
 
 
 def measure(actors, steps: int, batch: int, networks: int, repeats: int) -> tuple[float, str]:

@@ -1,6 +1,6 @@
 """What logging the final networks as MLflow models costs at the end of a run.
 
-Times :func:`graftune.logged_models.log_networks` (torch.export of each network behind its
+Times :func:`graftune.tracking.logged_models.log_networks` (torch.export of each network behind its
 normalisation, the MLflow model files, upload to the run's artifact store) for K networks
 of one architecture into a fresh SQLite store. The first call in a process also pays for
 torch.export's own start-up, so it is reported apart.
@@ -19,9 +19,9 @@ import torch
 
 from graftune.config import DataConfig
 from graftune.data import load_dataset
-from graftune.logged_models import log_networks
 from graftune.models import create_model
-from graftune.tracking import Tracker
+from graftune.tracking.logged_models import log_networks
+from graftune.tracking.tracker import Tracker
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import torch
 
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
-from graftune.population import Population
-from graftune.trainer import Trainer
+from graftune.population.population import Population
+from graftune.training.trainer import Trainer
 
 
 def plain_process(config, index, steps, queue) -> None:

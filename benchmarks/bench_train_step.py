@@ -15,7 +15,7 @@ import torch
 
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
-from graftune.trainer import Trainer
+from graftune.training.trainer import Trainer
 
 
 def sync(device: str) -> None:

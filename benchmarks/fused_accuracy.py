@@ -1,7 +1,7 @@
 """Accuracy arms on one device, each a fused population in this process (no Ray, no MLflow).
 
 One fused worker on one GPU is exactly what ``python -m graftune.run`` starts there; this
-script drives the same :class:`~graftune.fused.FusedTrainer` through the same round rules
+script drives the same :class:`~graftune.training.fused.FusedTrainer` through the same round rules
 (train, evaluate, graft unless it is the last round) so that many arms fit in a short GPU
 lease. A ``pairK`` arm trains K grafted networks and the same K networks (same seeds, data
 order and learning rates) without grafting in one fused step of 2K networks: a paired
@@ -23,8 +23,8 @@ from graftune.config import Config, with_overrides
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
 from graftune.data import load_dataset
-from graftune.fused import FusedTrainer
-from graftune.population import grafts_in_round
+from graftune.population.population import grafts_in_round
+from graftune.training.fused import FusedTrainer
 
 ARMS = {
     "single": {"num_models": 1, "source": "none", "diff_lr": False},

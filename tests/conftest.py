@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from graftune import run
-from graftune.cli import config_from_args
+from graftune.commands import run
+from graftune.commands.cli import config_from_args
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
-from graftune.experiment import run_experiment
+from graftune.tracking.experiment import run_experiment
 
 
 @pytest.fixture(scope="session")

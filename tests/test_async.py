@@ -9,10 +9,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import run_with_hook_after_round_1, smoke_args, smoke_config
-from graftune import run
-from graftune.async_rounds import AsyncSchedule
+from graftune.commands import run
 from graftune.data import load_dataset
-from graftune.experiment import run_experiment
+from graftune.population.async_rounds import AsyncSchedule
+from graftune.tracking.experiment import run_experiment
 
 
 def test_a_network_runs_ahead_by_at_most_max_lead_rounds():

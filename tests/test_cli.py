@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import build, good_members, png_claiming, smoke_args
-from graftune import run
+from graftune.commands import run
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +93,7 @@ def test_config_file_with_unknown_setting(tmp_path, capsys):
 
 
 def test_config_file_values_and_flags_override_them(tmp_path):
-    from graftune.cli import config_from_args
+    from graftune.commands.cli import config_from_args
 
     path = tmp_path / "settings.yaml"
     path.write_text("graft:\n  A: 0.2\n  c: 100\nnum_models: 6\n")

@@ -416,7 +416,7 @@ def test_rayjob_manifest_runs_graftune_with_token_auth_on_gpu_workers():
     spec = job["spec"]
     assert spec["entrypoint"].startswith("python -m graftune.run --num-models 4")
     run_args = shlex.split(spec["entrypoint"])[3:]
-    from graftune import run
+    from graftune.commands import run
 
     run.build_parser().parse_args(run_args)  # every flag exists
     RuntimeEnv(**yaml.safe_load(spec["runtimeEnvYAML"]))
@@ -436,7 +436,7 @@ def readme_commands(prefix: str) -> list[list[str]]:
 
 
 def test_readme_command_lines_use_flags_that_exist():
-    from graftune import run, tune
+    from graftune.commands import run, tune
 
     for module in (run, tune):
         commands = readme_commands(f"python -m {module.__name__}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from graftune import plots
+from graftune.tracking import plots
 
 NETWORKS = 3
 ROUNDS = 4

@@ -9,13 +9,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import run_with_hook_after_round_1, smoke_args, smoke_config
-from graftune import run
+from graftune.commands import run
 from graftune.config import Config, with_overrides
 from graftune.core import GraftPolicy, find_graft_units, ring_graft
 from graftune.data import load_dataset
-from graftune.experiment import run_experiment
 from graftune.models import create_model
-from graftune.population import Population
+from graftune.population.population import Population
+from graftune.tracking.experiment import run_experiment
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -138,7 +138,7 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
 
 
 def test_worker_resources_fit_the_nodes():
-    from graftune.population import worker_resources
+    from graftune.population.population import worker_resources
 
     config = with_overrides(Config(), {"num_models": 4})
     assert worker_resources(config, {"CPU": 2}) == {"CPU": 0.5}

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import smoke_args
-from graftune import reproduce
+from graftune.commands import reproduce
 from graftune.config import Config, validate, with_overrides
 
 

@@ -6,14 +6,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import smoke_args
-from graftune import run
-from graftune.checkpoint import load_checkpoint
-from graftune.cli import config_from_args
+from graftune.commands import run
+from graftune.commands.cli import config_from_args
 from graftune.config import with_overrides
 from graftune.core import GraftPolicy, ring_graft
 from graftune.data import load_dataset
-from graftune.experiment import run_experiment
-from graftune.trainer import Trainer
+from graftune.tracking.checkpoint import load_checkpoint
+from graftune.tracking.experiment import run_experiment
+from graftune.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -50,7 +50,7 @@ def test_final_networks_are_trained_and_metrics_are_taken_before_the_graft(tmp_p
     for k in range(3):
         logged = [m.value for m in client.get_metric_history(result.run_id, f"net{k}/test_acc")]
         assert logged == pytest.approx([acc[k] for acc in accuracies], abs=1e-9)
-    final = load_checkpoint(client.get_run(result.run_id).data.tags["graftune.checkpoint"])
+    final = load_checkpoint(client.get_run(result.run_id).data.tags["graftune.tracking.checkpoint"])
     assert final["round"] == 3
     for trainer, state in zip(trainers, final["states"]):
         for key, value in trainer.model.state_dict().items():
@@ -82,7 +82,7 @@ def test_best_over_rounds_and_accuracy_after_the_graft_are_logged(tmp_path):
 def test_a_stop_between_evaluation_and_graft_redoes_that_round_on_resume(tmp_path, monkeypatch):
     """A round is finished when its graft is done: a stop after round 2's evaluation but
     before its graft leaves round 1 as the last finished round, and resume redoes round 2."""
-    import graftune.population as population_module
+    import graftune.population.population as population_module
 
     config = config_for(tmp_path, epochs=3)
     data = load_dataset(config.data)
@@ -103,7 +103,7 @@ def test_a_stop_between_evaluation_and_graft_redoes_that_round_on_resume(tmp_pat
     (stopped,) = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
     assert [m.step for m in client.get_metric_history(stopped.info.run_id, "net0/test_acc")] == [1]
     resumed = with_overrides(config, {"resume": stopped.info.run_id})
-    from graftune.experiment import resume_payload
+    from graftune.tracking.experiment import resume_payload
 
     run_experiment(resumed, data, resume=resume_payload(resumed))
     for key in ["net0/test_acc", "net2/test_acc", "population/ensemble_test_acc"]:

@@ -6,14 +6,14 @@ import pytest
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
 
 from conftest import smoke_args
-from graftune import tune as tune_command
-from graftune.config import Config
-from graftune.searchspace import (
+from graftune.commands import tune as tune_command
+from graftune.commands.searchspace import (
     SearchSpaceError,
     load_search_space,
     trial_config,
     trial_overrides,
 )
+from graftune.config import Config
 
 SPACES = Path(__file__).resolve().parent.parent / "searchspaces"
 

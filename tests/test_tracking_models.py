@@ -12,15 +12,15 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from conftest import smoke_args
-from graftune import run
-from graftune.checkpoint import load_checkpoint
+from graftune.commands import run
+from graftune.commands.search_report import register_best
 from graftune.config import Config, ConfigError, DataConfig, from_flat, validate, with_overrides
 from graftune.data import load_dataset
-from graftune.dataset_input import dataset_inputs, split_digest
-from graftune.description import search_description
 from graftune.models import create_model
-from graftune.search_report import register_best
-from graftune.tracking import Tracker
+from graftune.tracking.checkpoint import load_checkpoint
+from graftune.tracking.dataset_input import dataset_inputs, split_digest
+from graftune.tracking.description import search_description
+from graftune.tracking.tracker import Tracker
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 REGISTERED = "tiny-graft"
@@ -43,7 +43,7 @@ def reference_logits(tmp_path, mlflow_run, k: int, images: np.ndarray) -> torch.
     config = from_flat(mlflow_run.data.params)
     data = load_dataset(config.data)
     network = create_model("tiny_cnn", num_classes=data.num_classes)
-    checkpoint = load_checkpoint(mlflow_run.data.tags["graftune.checkpoint"])
+    checkpoint = load_checkpoint(mlflow_run.data.tags["graftune.tracking.checkpoint"])
     network.load_state_dict(checkpoint["states"][k]["model"])
     mean = torch.tensor(data.mean).view(1, 3, 1, 1)
     std = torch.tensor(data.std).view(1, 3, 1, 1)

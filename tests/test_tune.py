@@ -14,8 +14,8 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from conftest import smoke_args
-from graftune import tune as tune_command
-from graftune.tracking import PARENT_TAG, Tracker
+from graftune.commands import tune as tune_command
+from graftune.tracking.tracker import PARENT_TAG, Tracker
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

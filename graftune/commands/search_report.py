@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.console import Console
 
-from graftune.description import search_description
-from graftune.searchspace import trial_overrides
-from graftune.tracking import BEST_MODEL_ID_TAG, REGISTERED_TAG, Tracker, browse_command
+from graftune.commands.searchspace import trial_overrides
+from graftune.tracking.description import search_description
+from graftune.tracking.tracker import BEST_MODEL_ID_TAG, REGISTERED_TAG, Tracker, browse_command
 
 METRICS = ("mean_test_acc", "best_test_acc", "ensemble_test_acc")
 

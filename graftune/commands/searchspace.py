@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import tune
 
-from graftune.cli import read_yaml
+from graftune.commands.cli import read_yaml
 from graftune.config import Config, ConfigError, setting_sections, validate, with_overrides
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")

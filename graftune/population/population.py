@@ -17,8 +17,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from graftune.config import Config, flatten
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
-from graftune.fused import fusable
-from graftune.worker import GraftWorker
+from graftune.population.worker import GraftWorker
+from graftune.training.fused import fusable
 
 log = logging.getLogger("graftune")
 

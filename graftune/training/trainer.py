@@ -18,9 +18,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from graftune.config import Config
 from graftune.core import GraftPolicy, find_graft_units, graft, l1_invalid_counts, unit_keys
 from graftune.core.graft import as_tensor
+from graftune.core.snapshot import Snapshot, pack
 from graftune.data import ImageSet, TrainBatches, eval_batches
 from graftune.models import create_model
-from graftune.snapshot import Snapshot, pack
 
 
 def initial_lr(lr: float, index: int, num_models: int, diff_lr: bool = True) -> float:

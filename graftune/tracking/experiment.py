@@ -20,16 +20,21 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from graftune import plots
-from graftune.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
 from graftune.config import Config, flatten
 from graftune.data import ImageSet
-from graftune.dataset_input import dataset_inputs
-from graftune.description import run_description
-from graftune.logged_models import best_network, log_networks
-from graftune.population import Population, RoundResult
-from graftune.rounds import run_population
-from graftune.tracking import (
+from graftune.population.population import Population, RoundResult
+from graftune.population.rounds import run_population
+from graftune.tracking import plots
+from graftune.tracking.checkpoint import (
+    check_compatible,
+    checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
+from graftune.tracking.dataset_input import dataset_inputs
+from graftune.tracking.description import run_description
+from graftune.tracking.logged_models import best_network, log_networks
+from graftune.tracking.tracker import (
     BEST_MODEL_ID_TAG,
     BEST_MODEL_TAG,
     CHECKPOINT_TAG,

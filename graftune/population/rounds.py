@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from graftune.async_rounds import run_async
-from graftune.population import Population, RoundResult
+from graftune.population.async_rounds import run_async
+from graftune.population.population import Population, RoundResult
 
 
 def run_population(

@@ -16,12 +16,17 @@ from typing import Any
 import ray
 from ray import tune
 
-from graftune.checkpoint import CHECKPOINT_NAME, check_compatible, checkpoint_path, load_checkpoint
-from graftune.cli import quiet_libraries
+from graftune.commands.cli import quiet_libraries
+from graftune.commands.searchspace import trial_config
 from graftune.config import Config, with_overrides
 from graftune.data import ImageSet
-from graftune.population import RoundResult, worker_layout
-from graftune.searchspace import trial_config
+from graftune.population.population import RoundResult, worker_layout
+from graftune.tracking.checkpoint import (
+    CHECKPOINT_NAME,
+    check_compatible,
+    checkpoint_path,
+    load_checkpoint,
+)
 
 TRIAL_FILE = "trial.json"  # beside population.pt in a trial's Tune checkpoint
 DRIVER_BUNDLE = {"CPU": 1.0}  # the trial's own process: it waits on its workers most of the time
@@ -44,7 +49,7 @@ def run_trial(params: dict[str, Any], base: Config, data: ImageSet, parent_run_i
     reported after the run has logged its final artifacts, so a stop decision at that
     report cannot cut them off.
     """
-    from graftune.experiment import run_experiment  # torch and plotting: only in trials
+    from graftune.tracking.experiment import run_experiment  # torch and plotting: only in trials
 
     quiet_libraries()
     placement = ray.util.get_current_placement_group()

@@ -28,7 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 DEFAULT_STORE = "mlflow.db"  # SQLite file in the working directory: MLflow 3 has no ./mlruns store
 PARENT_TAG = "mlflow.parentRunId"
-CHECKPOINT_TAG = "graftune.checkpoint"
+CHECKPOINT_TAG = "graftune.tracking.checkpoint"
 BEST_MODEL_TAG = "graftune.best_model"  # net{k} with the best final test accuracy
 BEST_MODEL_ID_TAG = "graftune.best_model_id"  # its logged model: models:/<id>
 REGISTERED_TAG = "graftune.registered_model"  # "NAME/VERSION" of --register-model
@@ -220,7 +220,7 @@ class Tracker:
         """Sample this node's CPU, memory (and GPU) into ``system/...`` metrics until
         :meth:`finish`; a resumed run continues its steps."""
         try:
-            from graftune.system_metrics import SystemMetrics
+            from graftune.tracking.system_metrics import SystemMetrics
         except ImportError as error:  # psutil is missing: train anyway
             warnings.warn(f"graftune: no system metrics ({error})", stacklevel=2)
             return

@@ -28,10 +28,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from graftune.config import Config
 from graftune.core import GraftPolicy, find_graft_units, graft, l1_invalid_counts, unit_keys
 from graftune.core.graft import as_tensor
+from graftune.core.snapshot import Snapshot, pack
 from graftune.data import ImageSet, TrainBatches, eval_batches
 from graftune.models import create_model
-from graftune.snapshot import Snapshot, pack
-from graftune.trainer import Trainer, autocast, autocast_dtype, initial_lr, lr_factor
+from graftune.training.trainer import Trainer, autocast, autocast_dtype, initial_lr, lr_factor
 
 Source = Mapping[str, Any] | int | None  # a snapshot, a slot of this worker, or no source
 

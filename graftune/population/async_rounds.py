@@ -23,7 +23,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from graftune.core.graft import predecessor
-from graftune.population import (
+from graftune.population.population import (
     Population,
     RoundResult,
     graft_records,

@@ -1,0 +1,274 @@
+"""``python -m graftune.reproduce TABLE``: the paper's experiments at a scale you choose.
+
+Each table is a set of arms (settings that differ) run for every seed through the same
+tracked population machinery as ``graftune.run``; the result is a markdown table with the
+paper's numbers beside the measured ones.
+
+    python -m graftune.reproduce --list
+    python -m graftune.reproduce table4 --model resnet20 --data-dir cifar10-jpeg.zip \\
+        --epochs 15 --subset 10000 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graftune.commands.cli import (
+    OneLineParser,
+    add_setting_flags,
+    config_from_args,
+    fail,
+    init_ray,
+    quiet_libraries,
+)
+from graftune.config import Config, ConfigError, validate, with_overrides
+from graftune.core import find_graft_units, invalid_iou
+from graftune.data import DataError, load_dataset
+from graftune.models import create_model, list_models
+from graftune.tracking.checkpoint import checkpoint_path, load_checkpoint
+
+PAPER_MODELS = {"resnet32": "ResNet32", "resnet56": "ResNet56", "resnet110": "ResNet110",
+                "mobilenetv2": "MobileNetV2"}  # fmt: skip
+
+# Supplement numbers, (model, dataset) -> top-1 %; None where the supplement has no value.
+_T2 = {
+    ("ResNet32", "cifar10"): (93.49, 93.94),
+    ("ResNet32", "cifar100"): (70.79, 71.28),
+    ("ResNet56", "cifar10"): (94.33, 94.73),
+    ("ResNet56", "cifar100"): (72.29, 72.83),
+    ("ResNet110", "cifar10"): (94.09, 94.96),
+    ("ResNet110", "cifar100"): (74.24, 75.27),
+    ("MobileNetV2", "cifar10"): (None, 94.20),
+    ("MobileNetV2", "cifar100"): (72.70, 74.15),
+}
+_T3 = {
+    ("ResNet32", "cifar10"): (93.89, 93.94),
+    ("ResNet32", "cifar100"): (70.95, 71.28),
+    ("ResNet56", "cifar10"): (94.40, 94.73),
+    ("ResNet56", "cifar100"): (72.03, 72.83),
+    ("ResNet110", "cifar10"): (94.48, 94.96),
+    ("ResNet110", "cifar100"): (74.34, 75.27),
+    ("MobileNetV2", "cifar10"): (93.41, 94.20),
+    ("MobileNetV2", "cifar100"): (72.86, 74.15),
+}
+_T4 = {
+    ("ResNet32", "cifar10"): (93.22, 93.94),
+    ("ResNet32", "cifar100"): (70.70, 71.28),
+    ("ResNet56", "cifar10"): (94.54, 94.73),
+    ("ResNet56", "cifar100"): (72.25, 72.83),
+    ("ResNet110", "cifar10"): (94.21, 94.96),
+    ("ResNet110", "cifar100"): (73.88, 75.27),
+    ("MobileNetV2", "cifar10"): (93.48, 94.20),
+    ("MobileNetV2", "cifar100"): (73.52, 74.15),
+}
+_T5 = [
+    (0.4, 1, 92.42, 71.44),
+    (0.4, 5, 92.76, 72.69),
+    (0.4, 10, 93.31, 73.26),
+    (0.4, 50, 93.24, 73.05),
+    (0.4, 500, 92.79, 72.38),
+    (0.0, 100, 93.4, 72.55),
+    (0.2, 100, 93.61, 72.9),
+    (0.4, 100, 93.46, 73.13),
+    (0.6, 100, 92.6, 72.68),
+    (0.8, 100, 93.03, 71.8),
+]  # MobileNetV2; fmt: skip
+_T1 = {"ResNet32": (0.00, 0.00, 0.20), "MobileNetV2": (0.05, 0.14, 0.17)}
+
+
+@dataclass
+class Arm:
+    label: str
+    overrides: dict[str, Any]
+    paper: dict[str, float | None] = field(default_factory=dict)  # dataset -> paper top-1 %
+
+
+@dataclass
+class TableSpec:
+    title: str
+    arms: list[Arm]
+    measure: str = "accuracy"  # accuracy | iou | invalid | ensemble
+
+
+def table_specs(model: str, num_models: int) -> dict[str, TableSpec]:
+    """Every table, with arms as setting overrides and the paper's numbers for ``model``."""
+    paper_model = PAPER_MODELS.get(model, "")
+    graft, none = {"source": "network"}, {"source": "none"}
+
+    def pair(table, labels, overrides):
+        return [Arm(label, o, {ds: (table.get((paper_model, ds)) or (None, None))[i]
+                               for ds in ("cifar10", "cifar100")})
+                for i, (label, o) in enumerate(zip(labels, overrides))]  # fmt: skip
+
+    return {
+        "baseline": TableSpec(
+            "Grafting vs independent training vs one network",
+            [
+                Arm("one network (lr 0.1)", {**none, "num_models": 1, "diff_lr": False}),
+                Arm(f"{num_models} independent networks", none),
+                Arm(f"{num_models} grafted networks", graft),
+            ],
+        ),  # fmt: skip
+        "table1": TableSpec(
+            "Supplement Table 1: IoU of invalid-filter positions of two "
+            "independently trained networks (conv layers 5, 10, 15)",
+            [Arm("two independent networks", {**none, "num_models": 2})],
+            measure="iou",
+        ),  # fmt: skip
+        "table2": TableSpec(
+            "Supplement Table 2: filter level vs layer level",
+            pair(_T2, ("filter level", "layer level"), ({**graft, "level": "filter"}, graft)),
+        ),
+        "table3": TableSpec(
+            "Supplement Table 3: Eq. 5 vs Eq. 6",
+            pair(
+                _T3,
+                ("Equation (5)", "Equation (6)"),
+                ({**graft, "entropy_form": "filter_sum"}, graft),
+            ),
+        ),  # fmt: skip
+        "table4": TableSpec(
+            "Supplement Table 4: fixed vs adaptive weighting",
+            pair(
+                _T4,
+                ("fixed weighting", "adaptive weighting"),
+                ({**graft, "weighting": "fixed"}, graft),
+            ),
+        ),  # fmt: skip
+        "table5": TableSpec(
+            "Supplement Table 5: A and c (paper: MobileNetV2)",
+            [
+                Arm(f"A={a}, c={c}", {**graft, "A": a, "c": c}, {"cifar10": p10, "cifar100": p100})
+                for a, c, p10, p100 in _T5
+            ],
+        ),  # fmt: skip
+        "population": TableSpec(
+            "Population size: grafting vs an ensemble of as many independent networks",
+            [
+                Arm(f"K={k} {label}", {**o, "num_models": k})
+                for k in (2, 3, 4, 6, 8)
+                for label, o in (("grafted", graft), ("independent (ensemble)", none))
+            ],
+            measure="ensemble",
+        ),  # fmt: skip
+        "invalid": TableSpec(
+            "Invalid filters (l1 norm below 0.1 and 0.01): baseline vs grafted",
+            [Arm("independent", none), Arm("grafted", graft)],
+            measure="invalid",
+        ),  # fmt: skip
+    }
+
+
+def run_arm(config: Config, data, seed: int) -> dict[str, Any]:
+    """One population for one seed; returns its final round and final weights."""
+    from graftune.tracking.experiment import run_experiment
+
+    arm_config = with_overrides(config, {"seed": seed})
+    result = run_experiment(arm_config, data)
+    payload = load_checkpoint(checkpoint_path(arm_config.population.checkpoint_dir, result.run_id))
+    return {"final": result.final, "run_id": result.run_id,
+            "weights": [s["model"] for s in payload["states"]]}  # fmt: skip
+
+
+def measure(spec: TableSpec, config: Config, outcome: dict[str, Any]) -> list[float]:
+    """The numbers one run contributes to its row."""
+    final = outcome["final"]
+    networks, population = final["networks"], final["population"]
+    if spec.measure == "iou":
+        units = find_graft_units(create_model(config.model.model))
+        ious = list(invalid_iou(outcome["weights"][0], outcome["weights"][1], units).values())
+        return [ious[i - 1] for i in (5, 10, 15) if i <= len(ious)]
+    if spec.measure == "invalid":
+        return [statistics.mean(n[f"invalid_l1_{t}"] for n in networks) for t in ("0.1", "0.01")]
+    values = [100 * population["mean_test_acc"], 100 * population["best_test_acc"]]
+    return values + [100 * population["ensemble_test_acc"]]
+
+
+COLUMNS = {
+    "accuracy": ["mean net %", "best net %", "ensemble %"],
+    "ensemble": ["mean net %", "best net %", "ensemble %"],
+    "iou": ["IoU layer 5", "IoU layer 10", "IoU layer 15"],
+    "invalid": ["invalid filters l1<0.1", "invalid filters l1<0.01"],
+}
+
+
+def markdown(name: str, spec: TableSpec, config: Config, rows: list[tuple[Arm, list]]) -> str:
+    dataset = config.data.dataset
+    columns = COLUMNS[spec.measure]
+    scale = (f"{config.model.model}, {dataset}, {config.train.epochs} epochs, "
+             f"subset {config.data.subset or 'all'}")  # fmt: skip
+    lines = [f"### {name}: {spec.title}", "", f"Measured: {scale}; one value per seed.", ""]
+    lines.append("| arm | paper | " + " | ".join(columns) + " | runs |")
+    lines.append("|---|---:|" + "---:|" * len(columns) + "---|")
+    for arm, seeds in rows:
+        paper = arm.paper.get(dataset)
+        if spec.measure == "iou":
+            paper_values = _T1.get(PAPER_MODELS.get(config.model.model, ""))
+            paper = " / ".join(f"{v:.2f}" for v in paper_values) if paper_values else None
+        cells = []
+        for i in range(len(columns)):
+            values = [s["values"][i] for s in seeds if i < len(s["values"])]
+            shown = ", ".join(f"{v:.2f}" for v in values)
+            mean = f" (mean {statistics.mean(values):.2f})" if len(values) > 1 else ""
+            cells.append(shown + mean)
+        runs = ", ".join(s["run_id"][:8] for s in seeds)
+        paper_text = "—" if paper is None else str(paper)
+        lines.append(f"| {arm.label} | {paper_text} | " + " | ".join(cells) + f" | {runs} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="python -m graftune.reproduce",
+                           description="Reproduce the paper's tables at a chosen scale.")  # fmt: skip
+    parser.add_argument("table", nargs="?", help="a table name; see --list")
+    parser.add_argument("--list", action="store_true", help="name the tables and exit")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--output", default="reproduce", help="directory for the markdown")
+    add_setting_flags(parser, skip=("seed",))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
+    args = build_parser().parse_args(argv)
+    config = Config()
+    specs = table_specs(config.model.model, config.population.num_models)
+    if args.list:
+        for name, spec in specs.items():
+            print(f"{name:11s} {spec.title}")
+        return 0
+    try:
+        config = validate(config_from_args(args), known_models=list_models())
+        specs = table_specs(config.model.model, config.population.num_models)
+        if args.table not in specs:
+            raise ConfigError(f"TABLE must be one of {', '.join(specs)}; got {args.table!r}")
+        spec = specs[args.table]
+        for arm in spec.arms:  # every arm's settings are checked before the first run
+            validate(with_overrides(config, arm.overrides))
+        data = load_dataset(config.data)
+    except (ConfigError, DataError, ValueError) as error:
+        fail(str(error))
+    init_ray()
+    rows = []
+    for arm in spec.arms:
+        arm_config = with_overrides(
+            config, {**arm.overrides, "run_name": f"{args.table}: {arm.label}"}
+        )
+        seeds = []
+        for seed in args.seeds:
+            outcome = run_arm(arm_config, data, seed)
+            seeds.append(
+                {"run_id": outcome["run_id"], "values": measure(spec, arm_config, outcome)}
+            )
+            print(f"{arm.label}, seed {seed}: {seeds[-1]['values']}", flush=True)
+        rows.append((arm, seeds))
+    text = markdown(args.table, spec, config, rows)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{args.table}.md").write_text(text)
+    print(text)
+    print(f"written to {output / (args.table + '.md')}")
+    return 0

@@ -1,0 +1,122 @@
+"""``python -m graftune.run``: train one grafted population, tracked in MLflow.
+
+python -m graftune.run --num-models 4                      # the authors' settings
+python -m graftune.run --num-models 4 --model resnet20 --epochs 3 --subset 5000
+python -m graftune.run --resume RUN_ID                     # continue a stopped run
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from graftune.commands.cli import (
+    OneLineParser,
+    add_setting_flags,
+    config_from_args,
+    fail,
+    init_ray,
+    quiet_libraries,
+)
+from graftune.config import Config, ConfigError, from_flat, validate
+from graftune.data import DataError, ImageSet, load_dataset
+from graftune.models import list_models
+from graftune.tracking.tracker import browse_command, open_store
+
+console = Console(stderr=True)
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog="python -m graftune.run",
+        description="Train a population of CNNs that improve each other by filter grafting.",
+    )
+    add_setting_flags(parser)
+    return parser
+
+
+def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Any]:
+    """Everything that can be wrong with the input, checked before any actor starts."""
+    from graftune.tracking.experiment import check_compatible, stopped_checkpoint
+
+    args = build_parser().parse_args(argv)
+    base, resume = None, (None, "")
+    if args.resume:  # the checkpoint's settings, then whatever flags were typed now
+        open_store(args.tracking_uri or "")
+        resume = stopped_checkpoint(args.resume, args.tracking_uri or "")
+        base = from_flat(resume[0]["config"])
+    config = validate(config_from_args(args, base), known_models=list_models())
+    open_store(config.tracking.tracking_uri)
+    if resume[0] is not None:
+        check_compatible(resume[0], config.model.model, config.population.num_models)
+    data = load_dataset(config.data)
+    return config, data, resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
+    try:
+        config, data, resume = prepare(argv)
+    except (ConfigError, DataError, ValueError) as error:
+        fail(str(error))
+    from graftune.tracking.experiment import run_experiment
+
+    where = init_ray()
+    console.print(
+        f"graftune: {config.population.num_models} x {config.model.model} on "
+        f"{config.data.dataset} ({len(data.train_labels)} train / {len(data.test_labels)} test "
+        f"images), {where}"
+    )
+    with Progress(
+        TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("starting workers", total=None)
+
+        def on_start(population, num_rounds: int) -> None:
+            done = (resume[0] or {}).get("round", 0)
+            progress.update(task, total=num_rounds, completed=done, description="training")
+
+        def on_round(result) -> None:
+            p = result.population
+            text = (
+                f"mean {p['mean_test_acc']:.2%}  best {p['best_test_acc']:.2%}  "
+                f"ensemble {p['ensemble_test_acc']:.2%}"
+            )
+            for event in result.events:
+                progress.console.print(f"[yellow]round {result.round}: {event}")
+            progress.update(task, completed=result.round, description=text)
+            if not console.is_terminal:  # job logs (ray job submit, files) get a line a round
+                console.print(f"round {result.round}/{progress.tasks[0].total}: {text}")
+
+        result = run_experiment(config, data, on_round, on_start, resume=resume)
+    print_summary(result)
+    return 0
+
+
+def print_summary(result) -> None:
+    final = result.final
+    table = Table(title=f"test accuracy after round {final['round']}")
+    table.add_column("network")
+    table.add_column("test acc", justify="right")
+    table.add_column("train loss", justify="right")
+    for k, network in enumerate(final["networks"]):
+        table.add_row(f"net{k}", f"{network['test_acc']:.2%}", f"{network['train_loss']:.3f}")
+    p = final["population"]
+    table.add_section()
+    table.add_row("mean", f"{p['mean_test_acc']:.2%}", "")
+    table.add_row("best", f"{p['best_test_acc']:.2%}", "")
+    table.add_row("ensemble", f"{p['ensemble_test_acc']:.2%}", "")
+    if "best_test_acc_over_rounds" in p:  # the authors' figure; chosen on the test set
+        table.add_row("best over rounds*", f"{p['best_test_acc_over_rounds']:.2%}", "")
+        table.caption = "* the best of any round, picked on the test set: optimistic"
+    Console().print(table)
+    print(f"MLflow run: {result.run_id}")
+    if result.model_ids:
+        uri = f"runs:/{result.run_id}/net{result.best}"
+        registered = f"; registered as {result.registered}" if result.registered else ""
+        print(f"best network: net{result.best}, mlflow.pytorch.load_model({uri!r}){registered}")
+    print(f"browse it:  {browse_command(result.tracking_uri)}")
