@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 import torch
@@ -23,13 +24,14 @@ from graftune.config import Config, with_overrides
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
 from graftune.data import load_dataset
-from graftune.population.population import grafts_in_round
+from graftune.population.ring import grafts_in_round
 from graftune.training.fused import FusedTrainer
 
 ARMS = {
     "single": {"num_models": 1, "source": "none", "diff_lr": False},
     "k2": {"num_models": 2},
     "k2-indep": {"num_models": 2, "source": "none"},
+    "pair2": {"num_models": 2},  # K = 2 grafted (c = 500) and independent, paired
     "k4": {"num_models": 4},
     "k4-c10": {"num_models": 4, "c": 10},
     "k4-indep": {"num_models": 4, "source": "none"},
@@ -40,6 +42,17 @@ ARMS = {
     "pair4-c10": {"num_models": 4, "c": 10},
     "pair8-c10": {"num_models": 8, "c": 10},
 }
+# Distillation arms (grafting + distillation, or distillation alone with source none):
+# "<arm>-kd<W>t<T>", e.g. pair4-c10-kd1t4 or k4-indep-kd1t4, any arm above plus W and T.
+KD = re.compile(r"^(?P<arm>.+)-kd(?P<w>[0-9.]+)t(?P<t>[0-9.]+)$")
+
+
+def arm_settings(arm: str) -> dict:
+    kd = KD.match(arm)
+    if kd is None:
+        return ARMS[arm]
+    weight, temperature = float(kd["w"]), float(kd["t"])
+    return {**ARMS[kd["arm"]], "distill_weight": weight, "distill_temperature": temperature}
 
 
 def run_arm(config: Config, data, device: str, paired: bool, progress: bool = False) -> dict:
@@ -51,10 +64,13 @@ def run_arm(config: Config, data, device: str, paired: bool, progress: bool = Fa
         train = trainer.train_interval()
         evaluations = trainer.evaluate(True)
         if grafts_in_round(config, round_index, trainer.num_rounds):
+            ring = [predecessor(j, k) for j in range(k)]
+            if config.train.distill_weight > 0:  # before the graft: the trained predecessor
+                trainer.set_teachers(ring, slots=range(k))
             network = config.graft.source == "network"
-            sources = [predecessor(j, k) if network else None for j in range(k)]
-            trainer.apply_grafts(sources, slots=range(k))
-        halves = [("grafted" if config.graft.source != "none" else "independent", 0)]
+            trainer.apply_grafts(ring if network else [None] * k, slots=range(k))
+        first = "grafted" if config.graft.source != "none" else "independent"
+        halves = [(first + ("+kd" if config.train.distill_weight > 0 else ""), 0)]
         if paired:
             halves.append(("independent", k))
         row = {"round": round_index, "finite": all(t["finite"] for t in train)}
@@ -106,14 +122,14 @@ def main() -> None:
             if args.deadline_s and time.time() - began > args.deadline_s:
                 print(f"deadline: skipped {arm} seed {seed}")
                 continue
-            config = with_overrides(base, {**ARMS[arm], "seed": seed})
+            config = with_overrides(base, {**arm_settings(arm), "seed": seed})
             result = run_arm(config, data, args.device, arm.startswith("pair"), args.progress)
             with open(args.out, "a") as f:
                 f.write(
                     json.dumps({"arm": arm, "seed": seed, "model": args.model, **result}) + "\n"
                 )
             final = result["rounds"][-1]
-            for side in ("grafted", "independent"):
+            for side in ("grafted", "grafted+kd", "independent+kd", "independent"):
                 if side in final:
                     s = final[side]
                     accs = ", ".join(f"{100 * a:.2f}" for a in s["acc"])

@@ -51,6 +51,10 @@ class TrainConfig:
     diff_lr: bool = True  # k-th of K nets starts at lr*(1+cos(pi*(K-k)/K))/2: keeps K=2 diverse
     seed: int = 0  # base seed; network k uses seed + k for init, data order and augmentation
     eval_batch_size: int = 256  # bigger batches spill CPU caches (1000: 0.6x speed here)
+    # Online distillation: loss += W * T^2 * KL(teacher || student), the teacher being the ring
+    # predecessor's trained weights received at the last graft (frozen, eval mode). 0 = off.
+    distill_weight: float = 0.0  # W: weight of the distillation loss; 0 = off
+    distill_temperature: float = 4.0  # T: softens both outputs before the KL
 
 
 @dataclass
@@ -247,6 +251,13 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
         (t.lr > 0, "lr", "must be > 0", t.lr),
         (0.0 <= t.momentum < 1.0, "momentum", "must lie in [0, 1)", t.momentum),
         (t.weight_decay >= 0, "weight_decay", "must be >= 0", t.weight_decay),
+        (t.distill_weight >= 0, "distill_weight", "must be >= 0 (0 = off)", t.distill_weight),
+        (
+            t.distill_temperature > 0,
+            "distill_temperature",
+            "must be > 0",
+            t.distill_temperature,
+        ),
         (t.step_epochs >= 1, "step_epochs", "must be >= 1", t.step_epochs),
         (0.0 < t.step_gamma <= 1.0, "step_gamma", "must lie in (0, 1]", t.step_gamma),
         (d.subset >= 0, "subset", "must be >= 0 (0 = all images)", d.subset),

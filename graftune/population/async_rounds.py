@@ -27,9 +27,9 @@ from graftune.population.population import (
     Population,
     RoundResult,
     graft_records,
-    grafts_in_round,
     ring_before,
 )
+from graftune.population.ring import grafts_in_round
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,10 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
         source = schedule.source(k)
         if grafts_in_round(population.config, round_index, population.num_rounds):
             if g.source == "noise" or source is not None:
+                distilling = population.config.train.distill_weight > 0 and source is not None
                 refs["graft"] = actors[k].graft_from.remote(
-                    [snapshots[source] if g.source == "network" else None]
+                    [snapshots[source] if g.source == "network" else None],
+                    [snapshots[source]] if distilling else None,  # the predecessor, pre-graft
                 )
                 if g.eval_after_graft:
                     refs["grafted"] = actors[k].evaluate.remote(False)

@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from graftune.config import Config, flatten
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
+from graftune.population.ring import grafts_in_round
 from graftune.population.worker import GraftWorker
 from graftune.training.fused import fusable
 
@@ -262,11 +263,16 @@ class Population:
             # Every snapshot is requested before any graft, and each actor runs its calls in
             # order, so every graft reads its predecessor's pre-graft weights; a predecessor
             # on the same actor is read there, on the device, before any of its grafts.
-            snapshots = self.snapshot_refs() if self.config.graft.source == "network" else None
+            grafting = self.config.graft.source == "network"
+            distilling = self.config.train.distill_weight > 0
+            snapshots = self.snapshot_refs() if grafting or distilling else None
             grafts = []
             for actor, group in zip(self.actors, self.groups):
                 sources = [self._source(k, group, snapshots) for k in group]
-                grafts.append(actor.graft_from.remote(sources))
+                teachers = sources if distilling else None  # the predecessor, pre-graft
+                if not grafting:
+                    sources = [None] * len(group)
+                grafts.append(actor.graft_from.remote(sources, teachers))
             for k, rows in enumerate(self.per_network(grafts)):
                 records += graft_records(round_index, k, rows)
             if self.config.graft.eval_after_graft:
@@ -320,13 +326,6 @@ class Population:
             self.placement = None
 
 
-def grafts_in_round(config: Config, round_index: int, num_rounds: int) -> bool:
-    """Whether round ``round_index`` ends with a graft: from --start-round on, never after
-    the last interval (the final networks are trained ones), never for --source none."""
-    g = config.graft
-    return g.source != "none" and g.start_round <= round_index < num_rounds
-
-
 def graft_records(round_index: int, network: int, rows: list[dict[str, Any]]) -> list[dict]:
     """One graft's per-unit entropy/alpha rows, labelled with its round and receiver."""
     return [{"round": round_index, "network": network, **row} for row in rows]
@@ -338,4 +337,5 @@ def ring_before(k: int, size: int) -> Iterator[int]:
 
 
 def _train_metrics(train: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train.items() if k in ("train_loss", "train_acc", "lr")}
+    keys = ("train_loss", "train_acc", "lr", "distill_loss")
+    return {k: v for k, v in train.items() if k in keys}

@@ -66,10 +66,18 @@ class GraftWorker:
     def snapshot(self, slot: int) -> Snapshot:
         return self.networks.snapshots()[slot]
 
-    def graft_from(self, sources: list[Source | ray.ObjectRef]) -> list[list[dict[str, Any]]]:
-        # Refs nested in a list arrive unresolved: fetch them (read-only numpy arrays).
-        sources = [ray.get(s) if isinstance(s, ray.ObjectRef) else s for s in sources]
-        return self.networks.apply_grafts(sources)
+    def graft_from(
+        self, sources: list[Source | ray.ObjectRef], teachers: list | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Graft every network from its source; with distillation, first take its teacher
+        (the predecessor before its graft), so both read the same pre-graft weights."""
+
+        def fetch(refs):  # refs nested in a list arrive unresolved: read-only numpy arrays
+            return [ray.get(s) if isinstance(s, ray.ObjectRef) else s for s in refs]
+
+        if teachers is not None:
+            self.networks.set_teachers(fetch(teachers))
+        return self.networks.apply_grafts(fetch(sources))
 
     def load_weights(self, slot: int, snapshot: Snapshot) -> bool:
         return self.networks.load_weights(slot, snapshot)

@@ -27,6 +27,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from graftune.config import Config
 from graftune.core import GraftPolicy, find_graft_units, graft, l1_invalid_counts, unit_keys
+from graftune.core.distill import distill_loss
 from graftune.core.graft import as_tensor
 from graftune.core.snapshot import Snapshot, pack
 from graftune.data import ImageSet, TrainBatches, eval_batches
@@ -104,7 +105,13 @@ class FusedTrainer:
             for module in self.base.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.register_forward_pre_hook(lambda _, args: (args[0].float(),))
+        # Teachers (distillation): the predecessors' graft units, stacked like the networks,
+        # run through a frozen eval-mode copy of the base; allocated at the first graft.
+        self.teacher_base = copy.deepcopy(self.base).eval()
+        self.teachers: dict[str, torch.Tensor] | None = None
+        self.taught = torch.zeros(n, device=self.device)  # 1 where a network has a teacher
         self.step = 0
+        self._eager_steps = 0  # since the step last changed shape: CUDA graph warm-up
         # On a GPU the whole step (forward, backward, update) is captured once in a CUDA
         # graph and replayed: vmap's per-op dispatch costs more host time than the GPU work.
         self.graph: CudaGraphStep | None = None
@@ -113,8 +120,12 @@ class FusedTrainer:
         def forward(p, b, x):
             return functional_call(self.base, (p, b), (x,))
 
+        def teacher_forward(tensors, x):
+            return functional_call(self.teacher_base, tensors, (x,))
+
         self._train_forward = vmap(forward)  # each network its own batch
         self._eval_forward = vmap(forward, in_dims=(0, 0, None))  # one batch for all
+        self._teacher_forward = vmap(teacher_forward)
 
     @property
     def size(self) -> int:
@@ -142,22 +153,44 @@ class FusedTrainer:
     def _autocast(self):
         return autocast(self.device, self.autocast)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One SGD step of every network on its own batch (x: [n, B, C, H, W], y: [n, B]).
 
-        Returns each network's summed loss and number of correct predictions, on the device.
+        Returns each network's summed loss, summed distillation loss and number of correct
+        predictions, on the device.
         """
+        out = self._loss_terms(x, y)
+        self._sgd()
+        self.step += 1
+        return out
+
+    def _loss_terms(self, x: torch.Tensor, y: torch.Tensor, autocast_cache: bool = True):
+        """Forward and backward of every network (the part of a step the CUDA graph shares)."""
         self.base.train()
-        with self._autocast():
+        dtype = self.autocast or torch.float32
+        enabled = self.autocast is not None
+        with torch.autocast(self.device.type, dtype, enabled, cache_enabled=autocast_cache):
             out = self._train_forward(self.params, self.buffers, x)
+            if self.distilling:
+                with torch.no_grad():
+                    teacher_out = self._teacher_forward(self.teachers, x)
         out = out.float()
         # Each network's mean loss by the kernel a Trainer uses (the same rounding); their
         # sum's gradient for each network is its own loss's gradient.
         losses = torch.stack([F.cross_entropy(out[j], y[j]) for j in range(self.size)])
-        losses.sum().backward()
-        self._sgd()
-        self.step += 1
-        return losses.detach() * y.shape[1], (out.detach().argmax(2) == y).sum(1)
+        total = losses.sum()
+        distill = torch.zeros_like(losses)
+        if self.distilling:
+            distill = distill_loss(out, teacher_out, self.config.train.distill_temperature)
+            distill = distill * self.taught  # networks without a teacher yet learn alone
+            total = total + self.config.train.distill_weight * distill.sum()
+        total.backward()
+        right = (out.detach().argmax(2) == y).sum(1)
+        return losses.detach() * y.shape[1], distill.detach() * y.shape[1], right
+
+    @property
+    def distilling(self) -> bool:
+        return self.config.train.distill_weight > 0 and self.teachers is not None
 
     @torch.no_grad()
     def _sgd(self) -> None:
@@ -188,39 +221,46 @@ class FusedTrainer:
         """Train one graft interval (or ``steps``); one metrics dict per network."""
         steps = min(steps or self.steps_per_round, self.total_steps - self.step)
         loss_sum = torch.zeros(self.size, device=self.device)
+        distill_sum = torch.zeros(self.size, device=self.device)
         correct = torch.zeros(self.size, device=self.device, dtype=torch.long)
         seen = 0
         for _ in range(steps):
             x, y = self._next_batches()
-            if self.graph is None and self.step >= WARMUP_STEPS and not self.graph_note:
+            if self.graph is None and self._eager_steps >= WARMUP_STEPS and not self.graph_note:
                 self.graph, self.graph_note = CudaGraphStep.capture(self, x, y)
             if self.graph is not None:
-                loss, right = self.graph.run(x, y, self.step)
+                loss, distill, right = self.graph.run(x, y, self.step)
                 self.step += 1
             elif self.device.type == "cuda":  # warm-up for the capture: on a side stream
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
-                    loss, right = self.train_step(x, y)
+                    loss, distill, right = self.train_step(x, y)
                 torch.cuda.current_stream().wait_stream(side)
             else:
-                loss, right = self.train_step(x, y)
+                loss, distill, right = self.train_step(x, y)
+            self._eager_steps += self.graph is None
             loss_sum += loss
+            distill_sum += distill
             correct += right
             seen += y.shape[1]
         finite = self.weights_finite()
         lr = self.lrs(self.step)
         losses, rights = (loss_sum / max(seen, 1)).tolist(), correct.tolist()
-        return [
-            {
+        distills = (distill_sum / max(seen, 1)).tolist()
+        metrics = []
+        for j in range(self.size):
+            m = {
                 "train_loss": losses[j],
                 "train_acc": rights[j] / max(seen, 1),
                 "lr": lr[j],
                 "step": self.step,
-                "finite": math.isfinite(losses[j]) and finite[j],
             }
-            for j in range(self.size)
-        ]
+            if self.config.train.distill_weight > 0:
+                m["distill_loss"] = distills[j]
+            ok = math.isfinite(losses[j]) and math.isfinite(distills[j]) and finite[j]
+            metrics.append({**m, "finite": ok})
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, with_probabilities: bool = False) -> list[dict[str, Any]]:
@@ -301,6 +341,45 @@ class FusedTrainer:
                 as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
             )
 
+    @torch.no_grad()
+    def set_teachers(self, teachers: Sequence[Source], slots: Sequence[int] | None = None) -> None:
+        """Distil network ``slot`` from its teacher from now on: another worker's snapshot or
+        a slot of this worker, read before any graft (a predecessor's trained weights, not a
+        mixture); None keeps the teacher it has."""
+        slots = list(range(self.size)) if slots is None else list(slots)
+        if all(t is None for t in teachers):
+            return
+        own = {s: self.weights(s) for s in teachers if isinstance(s, int)}
+        if self.teachers is None:
+            # The step changes shape: capture a new CUDA graph after a fresh warm-up.
+            names = [k for k in {**self.params, **self.buffers} if k in set(self.unit_keys)]
+            stacked = {**self.params, **self.buffers}
+            self.teachers = {k: stacked[k].detach().clone() for k in names}
+            for k, v in self.buffers.items():  # num_batches_tracked: unused in eval mode
+                self.teachers.setdefault(k, v.clone())
+            self._restart_graph()
+        for j, teacher in zip(slots, teachers):
+            if teacher is None:
+                continue
+            source = own[teacher] if isinstance(teacher, int) else teacher
+            for key in self.unit_keys:
+                self.teachers[key][j].copy_(as_tensor(source[key]))
+            self.taught[j] = 1.0
+
+    def _restart_graph(self) -> None:
+        if self.device.type == "cuda":
+            self.graph, self.graph_note, self._eager_steps = None, "", 0
+
+    def teacher_states(self) -> list[dict[str, torch.Tensor] | None]:
+        if self.teachers is None:
+            return [None] * self.size
+        return [
+            {k: self.teachers[k][j].detach().cpu().clone() for k in self.unit_keys}
+            if self.taught[j]
+            else None
+            for j in range(self.size)
+        ]
+
     def load_weights(self, slot: int, snapshot: Mapping[str, np.ndarray]) -> bool:
         """Take another network's unit tensors wholesale (restoring a diverged network); its
         momentum diverged with it and starts again from zero."""
@@ -315,6 +394,7 @@ class FusedTrainer:
         between fused and unfused workers."""
         names = list(self.params)
         states = []
+        teachers = self.teacher_states()
         for j in range(self.size):
             lr = self.lrs(self.step)[j]
             template = Trainer.optimizer_template(self.config, self.peak_lr[j], lr, len(names))
@@ -330,6 +410,7 @@ class FusedTrainer:
                     "batches": self.batches[j].state_dict(),
                     "noise": self.noise[j].get_state(),
                     "step": self.step,
+                    "teacher": teachers[j],
                 }
             )
         return states
@@ -347,6 +428,11 @@ class FusedTrainer:
             self.noise[j].set_state(state["noise"])
             self._epochs[j] = iter(())  # the next interval starts a fresh epoch
         self.step = int(states[0]["step"])
+        if self.teachers is not None:  # a resumed run has the teachers its checkpoint has
+            self.teachers = None
+            self.taught.zero_()
+            self._restart_graph()
+        self.set_teachers([state.get("teacher") for state in states])
         return self.step
 
 
@@ -376,34 +462,27 @@ class CudaGraphStep:
                 p.grad = None
             torch.cuda.synchronize()
             with torch.cuda.graph(step.graph):
-                step.loss, step.right = step._body()
+                step.outputs = step._body()
             return step, "cuda graph"
         except Exception as error:  # capture is an optimisation: eager steps still work
             return None, f"eager (CUDA graph capture failed: {type(error).__name__}: {error})"
 
-    def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _body(self) -> tuple[torch.Tensor, ...]:
         trainer = self.trainer
-        trainer.base.train()
-        with torch.autocast("cuda", dtype=trainer.autocast or torch.float32,
-                            enabled=trainer.autocast is not None, cache_enabled=False):  # fmt: skip
-            out = trainer._train_forward(trainer.params, trainer.buffers, self.x)
-        out = out.float()
-        losses = torch.stack([F.cross_entropy(out[j], self.y[j]) for j in range(trainer.size)])
-        losses.sum().backward()
+        out = trainer._loss_terms(self.x, self.y, autocast_cache=False)
         params, bufs = trainer.momentum_update()
         with torch.no_grad():
             lr = self.lr_table.index_select(0, self.step_index).view(-1)
             steps = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
             torch._foreach_addcmul_(params, bufs, steps, value=-1.0)
-        right = (out.detach().argmax(2) == self.y).sum(1)
-        return losses.detach() * self.y.shape[1], right
+        return out
 
     def run(self, x: torch.Tensor, y: torch.Tensor, step: int):
         self.x.copy_(x)
         self.y.copy_(y)
         self.step_index.fill_(step)
         self.graph.replay()
-        return self.loss.clone(), self.right.clone()
+        return tuple(out.clone() for out in self.outputs)
 
 
 class TrainerGroup:
@@ -434,6 +513,11 @@ class TrainerGroup:
 
     def snapshots(self) -> list[Snapshot]:
         return [t.snapshot() for t in self.trainers]
+
+    def set_teachers(self, teachers: Sequence[Source]) -> None:
+        local = {s: self.trainers[s].snapshot() for s in teachers if isinstance(s, int)}
+        for trainer, s in zip(self.trainers, teachers):
+            trainer.set_teacher(local[s] if isinstance(s, int) else s)
 
     def apply_grafts(self, sources: Sequence[Source]) -> list[list[dict[str, Any]]]:
         # Slots of this worker are read before any graft, as in the fused trainer.

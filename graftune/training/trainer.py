@@ -17,6 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from graftune.config import Config
 from graftune.core import GraftPolicy, find_graft_units, graft, l1_invalid_counts, unit_keys
+from graftune.core.distill import distill_loss
 from graftune.core.graft import as_tensor
 from graftune.core.snapshot import Snapshot, pack
 from graftune.data import ImageSet, TrainBatches, eval_batches
@@ -100,6 +101,7 @@ class Trainer:
         self.policy = GraftPolicy.from_config(config.graft)
         self.noise = torch.Generator().manual_seed(self.seed)
         self.autocast = autocast_dtype(config.model.precision, self.device)
+        self.teacher: torch.nn.Module | None = None  # the predecessor, from the first graft on
         self.step = 0
         self._epoch = iter(())
 
@@ -152,15 +154,27 @@ class Trainer:
         steps = min(steps or self.steps_per_round, self.total_steps - self.step)
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
+        distill_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        weight, temperature = (
+            self.config.train.distill_weight,
+            self.config.train.distill_temperature,
+        )
         for _ in range(steps):
             x, y = self._next_batch()
             with autocast(self.device, self.autocast):
                 out = self.network(x)
             loss = F.cross_entropy(out.float(), y)
+            total = loss
+            if weight > 0 and self.teacher is not None:
+                with torch.no_grad(), autocast(self.device, self.autocast):
+                    teacher_out = self.teacher(x)
+                distill = distill_loss(out, teacher_out, temperature)
+                total = loss + weight * distill
+                distill_sum += distill.detach() * len(y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             self.optimizer.step()
             self.scheduler.step()
             # Sums stay on the device: one host sync per interval, not per step.
@@ -169,13 +183,16 @@ class Trainer:
             seen += len(y)
         self.step += steps
         train_loss = float(loss_sum) / max(seen, 1)
-        return {
+        metrics = {
             "train_loss": train_loss,
             "train_acc": float(correct) / max(seen, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "step": self.step,
-            "finite": math.isfinite(train_loss) and self.weights_finite(),
         }
+        if weight > 0:
+            metrics["distill_loss"] = float(distill_sum) / max(seen, 1)
+        finite = all(math.isfinite(v) for v in (train_loss, metrics.get("distill_loss", 0.0)))
+        return {**metrics, "finite": finite and self.weights_finite()}
 
     @torch.no_grad()
     def evaluate(self, with_probabilities: bool = False) -> dict[str, Any]:
@@ -225,6 +242,25 @@ class Trainer:
             self.recalibrate_batchnorm(self.config.graft.bn_recalibrate_batches)
         return records
 
+    @torch.no_grad()
+    def set_teacher(self, snapshot: Mapping[str, Any] | None) -> None:
+        """Distil from ``snapshot`` (the predecessor's graft units, taken before its graft)
+        from now on: a frozen copy in eval mode, so neither its weights nor its BatchNorm
+        statistics move. Its trained weights, not a mixture, are what it has learned."""
+        if snapshot is None:
+            return
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        state = self.teacher.state_dict()
+        for key, value in snapshot.items():
+            state[key].copy_(as_tensor(value))
+
+    def teacher_state(self) -> dict[str, torch.Tensor] | None:
+        if self.teacher is None:
+            return None
+        state = self.teacher.state_dict()
+        return {k: state[k].detach().cpu().clone() for k in self.unit_keys}
+
     def load_weights(self, snapshot: Mapping[str, np.ndarray]) -> None:
         """Take another network's unit tensors wholesale (restoring a diverged network) and
         drop the momentum, which diverged with it."""
@@ -259,6 +295,7 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "noise": self.noise.get_state(),
             "step": self.step,
+            "teacher": self.teacher_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -268,4 +305,6 @@ class Trainer:
         self.batches.load_state_dict(state["batches"])
         self.noise.set_state(state["noise"])
         self.step = int(state["step"])
+        self.teacher = None
+        self.set_teacher(state.get("teacher"))  # checkpoints from before distillation: None
         self._epoch = iter(())  # the next interval starts a fresh epoch from the saved order
