@@ -144,3 +144,11 @@ def test_storage_uri_is_refused_with_one_line(tmp_path, capsys):
         tune_command.main(argv)
     assert exit_info.value.code == 2
     assert "--storage-path" in capsys.readouterr().err
+
+
+def test_cultivation_space_searches_the_distillation_weight():
+    space = load_search_space(str(SPACES / "cultivation.yaml"), Config())
+    assert set(space.settings) == {"distill_weight", "distill_temperature", "c"}
+    assert space.entries["distill_weight"] == ("uniform", [0, 1])
+    config = trial_config(Config(), {"distill_weight": 0.3, "distill_temperature": 2})
+    assert (config.train.distill_weight, config.train.distill_temperature) == (0.3, 2.0)
