@@ -12,7 +12,8 @@ from graftune.config import Config, with_overrides
 from graftune.core.distill import distill_loss
 from graftune.data import load_dataset
 from graftune.models import register_model
-from graftune.training.fused import FusedTrainer, TrainerGroup
+from graftune.training.fused import FusedTrainer
+from graftune.training.group import TrainerGroup
 from graftune.training.trainer import Trainer
 
 

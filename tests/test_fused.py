@@ -8,7 +8,8 @@ import torch
 
 from graftune.config import Config, ConfigError, validate, with_overrides
 from graftune.data import load_dataset
-from graftune.training.fused import FusedTrainer, TrainerGroup, fusable
+from graftune.training.fused import FusedTrainer, fusable
+from graftune.training.group import TrainerGroup
 
 # Relative distance ||fused - separate|| / ||separate|| over every float tensor of a network.
 # One step agrees to float rounding (about 1e-7); the vmapped convolutions sum in another

@@ -1,7 +1,7 @@
 """The Ray actor of one device: a thin shell over the networks it trains.
 
 A worker holds one or more networks of the population: a :class:`~graftune.training.fused.FusedTrainer`
-(all of them in one step) or a :class:`~graftune.training.fused.TrainerGroup` (separate Trainers).
+(all of them in one step) or a :class:`~graftune.training.group.TrainerGroup` (separate Trainers).
 Every method takes and returns one entry per network it holds, in the order of ``indices``.
 Snapshots leave the actor as one numpy buffer per network (:mod:`graftune.core.snapshot`), so
 Ray's object store carries them (zero-copy for readers on the same node) and no model is
@@ -19,7 +19,9 @@ import torch
 from graftune.config import Config, from_flat
 from graftune.core.snapshot import Snapshot
 from graftune.data import ImageSet
-from graftune.training.fused import FusedTrainer, Source, TrainerGroup
+from graftune.training.fused import FusedTrainer
+from graftune.training.group import TrainerGroup
+from graftune.training.trainer import Source
 
 
 @ray.remote(max_restarts=0)

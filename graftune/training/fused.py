@@ -17,24 +17,22 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from graftune.config import Config
-from graftune.core import GraftPolicy, find_graft_units, graft, l1_invalid_counts, unit_keys
+from graftune.core import GraftPolicy, find_graft_units, l1_invalid_counts, unit_keys
 from graftune.core.distill import distill_loss
 from graftune.core.graft import as_tensor
-from graftune.core.snapshot import Snapshot, pack
 from graftune.data import ImageSet, TrainBatches, eval_batches
 from graftune.models import create_model
+from graftune.training.cuda_graph import WARMUP_STEPS, CudaGraphStep
+from graftune.training.stacked import StackedNetworks
 from graftune.training.trainer import Trainer, autocast, autocast_dtype, initial_lr, lr_factor
-
-Source = Mapping[str, Any] | int | None  # a snapshot, a slot of this worker, or no source
 
 
 def fusable(model_name: str, num_classes: int = 10, image_size: int = 32) -> str:
@@ -55,7 +53,7 @@ def fusable(model_name: str, num_classes: int = 10, image_size: int = 32) -> str
     return ""
 
 
-class FusedTrainer:
+class FusedTrainer(StackedNetworks):
     """Networks ``indices`` of a population, trained together on one device."""
 
     def __init__(
@@ -297,244 +295,6 @@ class FusedTrainer:
             metrics.append(m)
         return metrics
 
-    def weights(self, slot: int) -> dict[str, torch.Tensor]:
-        """Network ``slot``'s state dict: views into the stacked tensors, on the device."""
-        return {k: v[slot].detach() for k, v in {**self.params, **self.buffers}.items()}
-
-    @torch.no_grad()
-    def weights_finite(self) -> list[bool]:
-        """Per network: are all its float parameters and buffers finite? (one host sync)"""
-        tensors = [v for v in [*self.params.values(), *self.buffers.values()]]
-        flags = [torch.isfinite(v.flatten(1)).all(1) for v in tensors if v.is_floating_point()]
-        return torch.stack(flags).all(0).tolist()
-
-    def snapshots(self) -> list[Snapshot]:
-        """Every network's graft-unit tensors, one packed buffer each."""
-        return [pack(self.weights(j), self.unit_keys) for j in range(self.size)]
-
-    @torch.no_grad()
-    def apply_grafts(
-        self, sources: Sequence[Source], slots: Sequence[int] | None = None
-    ) -> list[list[dict[str, Any]]]:
-        """Graft every network (or those in ``slots``) from its source: another worker's
-        snapshot, a slot of this worker (read before any graft here, so order does not
-        matter), or None (noise or no source, by policy). The arithmetic is the core's, in
-        fp32, on the device."""
-        own = [{k: v.clone() for k, v in self.weights(j).items()} for j in range(self.size)]
-        slots = list(range(self.size)) if slots is None else list(slots)
-        results = []
-        for j, source in zip(slots, sources):
-            if isinstance(source, int):
-                source = own[source]
-            elif source is not None:  # a snapshot from the object store: numpy, on the CPU
-                source = {k: as_tensor(v).to(self.device) for k, v in source.items()}
-            results.append(graft(own[j], source, self.units, self.policy, self.noise[j]))
-        for j, (state, _) in zip(slots, results):
-            self._write(j, state)
-        return [records for _, records in results]
-
-    @torch.no_grad()
-    def _write(self, slot: int, state: Mapping[str, Any]) -> None:
-        for key, value in state.items():
-            target = self.params.get(key, self.buffers.get(key))
-            target[slot].copy_(
-                as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
-            )
-
-    @torch.no_grad()
-    def set_teachers(self, teachers: Sequence[Source], slots: Sequence[int] | None = None) -> None:
-        """Distil network ``slot`` from its teacher from now on: another worker's snapshot or
-        a slot of this worker, read before any graft (a predecessor's trained weights, not a
-        mixture); None keeps the teacher it has."""
-        slots = list(range(self.size)) if slots is None else list(slots)
-        if all(t is None for t in teachers):
-            return
-        own = {s: self.weights(s) for s in teachers if isinstance(s, int)}
-        if self.teachers is None:
-            # The step changes shape: capture a new CUDA graph after a fresh warm-up.
-            names = [k for k in {**self.params, **self.buffers} if k in set(self.unit_keys)]
-            stacked = {**self.params, **self.buffers}
-            self.teachers = {k: stacked[k].detach().clone() for k in names}
-            for k, v in self.buffers.items():  # num_batches_tracked: unused in eval mode
-                self.teachers.setdefault(k, v.clone())
-            self._restart_graph()
-        for j, teacher in zip(slots, teachers):
-            if teacher is None:
-                continue
-            source = own[teacher] if isinstance(teacher, int) else teacher
-            for key in self.unit_keys:
-                self.teachers[key][j].copy_(as_tensor(source[key]))
-            self.taught[j] = 1.0
-
     def _restart_graph(self) -> None:
         if self.device.type == "cuda":
             self.graph, self.graph_note, self._eager_steps = None, "", 0
-
-    def teacher_states(self) -> list[dict[str, torch.Tensor] | None]:
-        if self.teachers is None:
-            return [None] * self.size
-        return [
-            {k: self.teachers[k][j].detach().cpu().clone() for k in self.unit_keys}
-            if self.taught[j]
-            else None
-            for j in range(self.size)
-        ]
-
-    def load_weights(self, slot: int, snapshot: Mapping[str, np.ndarray]) -> bool:
-        """Take another network's unit tensors wholesale (restoring a diverged network); its
-        momentum diverged with it and starts again from zero."""
-        self._write(slot, snapshot)
-        with torch.no_grad():
-            for buf in self.momentum.values():
-                buf[slot].zero_()
-        return self.weights_finite()[slot]
-
-    def state_dicts(self) -> list[dict[str, Any]]:
-        """Per network, the same state a separate Trainer saves, so checkpoints move freely
-        between fused and unfused workers."""
-        names = list(self.params)
-        states = []
-        teachers = self.teacher_states()
-        for j in range(self.size):
-            lr = self.lrs(self.step)[j]
-            template = Trainer.optimizer_template(self.config, self.peak_lr[j], lr, len(names))
-            template["state"] = {
-                i: {"momentum_buffer": self.momentum[k][j].detach().cpu().clone()}
-                for i, k in enumerate(names)
-            }
-            states.append(
-                {
-                    "model": {k: v.cpu().clone() for k, v in self.weights(j).items()},
-                    "optimizer": template,
-                    "scheduler": Trainer.scheduler_template(self.peak_lr[j], lr, self.step),
-                    "batches": self.batches[j].state_dict(),
-                    "noise": self.noise[j].get_state(),
-                    "step": self.step,
-                    "teacher": teachers[j],
-                }
-            )
-        return states
-
-    @torch.no_grad()
-    def load_state_dicts(self, states: Sequence[dict[str, Any]]) -> int:
-        names = list(self.params)
-        for j, state in enumerate(states):
-            self._write(j, state["model"])
-            saved = state["optimizer"]["state"]
-            for i, k in enumerate(names):
-                buf = saved.get(i, {}).get("momentum_buffer")
-                self.momentum[k][j].copy_(buf) if buf is not None else self.momentum[k][j].zero_()
-            self.batches[j].load_state_dict(state["batches"])
-            self.noise[j].set_state(state["noise"])
-            self._epochs[j] = iter(())  # the next interval starts a fresh epoch
-        self.step = int(states[0]["step"])
-        if self.teachers is not None:  # a resumed run has the teachers its checkpoint has
-            self.teachers = None
-            self.taught.zero_()
-            self._restart_graph()
-        self.set_teachers([state.get("teacher") for state in states])
-        return self.step
-
-
-WARMUP_STEPS = 3  # eager steps before capture: cuDNN picks its kernels, the allocator settles
-
-
-class CudaGraphStep:
-    """The fused train step recorded as one CUDA graph. Inputs are copied into static
-    tensors, the learning rates come from a table on the device indexed by a step counter,
-    and everything else (weights, momentum, BatchNorm statistics) is updated in place, so
-    grafts, restores and loaded states between replays are seen by the next replay."""
-
-    def __init__(self, trainer: FusedTrainer, x: torch.Tensor, y: torch.Tensor):
-        self.trainer = trainer
-        self.x, self.y = x.clone(), y.clone()
-        steps = range(trainer.total_steps + 1)
-        table = [trainer.lrs(step) for step in steps]  # double, then rounded once
-        self.lr_table = torch.tensor(table, dtype=torch.float32, device=trainer.device)
-        self.step_index = torch.zeros(1, dtype=torch.long, device=trainer.device)
-        self.graph = torch.cuda.CUDAGraph()
-
-    @classmethod
-    def capture(cls, trainer: FusedTrainer, x, y) -> tuple[CudaGraphStep | None, str]:
-        try:
-            step = cls(trainer, x, y)
-            for p in trainer.params.values():
-                p.grad = None
-            torch.cuda.synchronize()
-            with torch.cuda.graph(step.graph):
-                step.outputs = step._body()
-            return step, "cuda graph"
-        except Exception as error:  # capture is an optimisation: eager steps still work
-            return None, f"eager (CUDA graph capture failed: {type(error).__name__}: {error})"
-
-    def _body(self) -> tuple[torch.Tensor, ...]:
-        trainer = self.trainer
-        out = trainer._loss_terms(self.x, self.y, autocast_cache=False)
-        params, bufs = trainer.momentum_update()
-        with torch.no_grad():
-            lr = self.lr_table.index_select(0, self.step_index).view(-1)
-            steps = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
-            torch._foreach_addcmul_(params, bufs, steps, value=-1.0)
-        return out
-
-    def run(self, x: torch.Tensor, y: torch.Tensor, step: int):
-        self.x.copy_(x)
-        self.y.copy_(y)
-        self.step_index.fill_(step)
-        self.graph.replay()
-        return tuple(out.clone() for out in self.outputs)
-
-
-class TrainerGroup:
-    """Separate Trainers behind the fused trainer's interface: one network per worker, or a
-    CPU worker where fusing does not pay."""
-
-    def __init__(
-        self, config: Config, indices: Sequence[int], data: ImageSet, device: str | None = None
-    ):
-        self.indices = list(indices)
-        self.trainers = [Trainer(config, k, data, device=device) for k in self.indices]
-        self.device = self.trainers[0].device
-        self.graph_note = "eager"
-
-    @property
-    def num_rounds(self) -> int:
-        return self.trainers[0].num_rounds
-
-    @property
-    def steps_per_round(self) -> int:
-        return self.trainers[0].steps_per_round
-
-    def train_interval(self, steps: int | None = None) -> list[dict[str, Any]]:
-        return [t.train_interval(steps) for t in self.trainers]
-
-    def evaluate(self, with_probabilities: bool = False) -> list[dict[str, Any]]:
-        return [t.evaluate(with_probabilities) for t in self.trainers]
-
-    def snapshots(self) -> list[Snapshot]:
-        return [t.snapshot() for t in self.trainers]
-
-    def set_teachers(self, teachers: Sequence[Source]) -> None:
-        local = {s: self.trainers[s].snapshot() for s in teachers if isinstance(s, int)}
-        for trainer, s in zip(self.trainers, teachers):
-            trainer.set_teacher(local[s] if isinstance(s, int) else s)
-
-    def apply_grafts(self, sources: Sequence[Source]) -> list[list[dict[str, Any]]]:
-        # Slots of this worker are read before any graft, as in the fused trainer.
-        local = {s: self.trainers[s].snapshot() for s in sources if isinstance(s, int)}
-        return [
-            t.apply_graft(local[s] if isinstance(s, int) else s)
-            for t, s in zip(self.trainers, sources)
-        ]
-
-    def load_weights(self, slot: int, snapshot: Mapping[str, np.ndarray]) -> bool:
-        self.trainers[slot].load_weights(snapshot)
-        return self.trainers[slot].weights_finite()
-
-    def state_dicts(self) -> list[dict[str, Any]]:
-        return [t.state_dict() for t in self.trainers]
-
-    def load_state_dicts(self, states: Sequence[dict[str, Any]]) -> int:
-        for trainer, state in zip(self.trainers, states):
-            trainer.load_state_dict(state)
-        return self.trainers[0].step

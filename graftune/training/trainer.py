@@ -23,6 +23,8 @@ from graftune.core.snapshot import Snapshot, pack
 from graftune.data import ImageSet, TrainBatches, eval_batches
 from graftune.models import create_model
 
+Source = Mapping[str, Any] | int | None  # a snapshot, a slot of this worker, or no source
+
 
 def initial_lr(lr: float, index: int, num_models: int, diff_lr: bool = True) -> float:
     """Peak learning rate of network ``index`` (0-based) of K: with diff-lr the k-th of K
