@@ -23,7 +23,7 @@ from graftune.config import Config, with_overrides
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
 from graftune.data import load_dataset
-from graftune.population.population import grafts_in_round
+from graftune.population.ring import grafts_in_round
 from graftune.training.fused import FusedTrainer
 
 ARMS = {

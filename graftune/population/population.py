@@ -4,7 +4,6 @@ synchronous rounds, surviving dead workers and diverged networks without losing 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,12 @@ from graftune.config import Config, flatten
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
 from graftune.population.resources import largest_node_cpus, worker_layout, worker_resources
+from graftune.population.ring import (
+    graft_records,
+    grafts_in_round,
+    restore_donor,
+    restored_event,
+)
 from graftune.population.worker import GraftWorker
 from graftune.training.fused import fusable
 
@@ -53,9 +58,9 @@ class Population:
         self.owns_placement = placement is None
         self.actors: list[Any] = []
         self.groups: list[list[int]] = []  # the networks of each actor, in ring order
-        self.last_good: list[ray.ObjectRef] = []  # per actor: states after the last round
+        self._restart_point: list[ray.ObjectRef] = []  # per actor: states after the last round
         self.failures = 0
-        self.pending_events: list[str] = []  # reported with the next finished round
+        self._events: list[str] = []  # restarts, reported with the next finished round
 
     @property
     def size(self) -> int:
@@ -121,13 +126,23 @@ class Population:
         return [item for items in ray.get(refs) for item in items]
 
     def commit(self) -> None:
-        """Remember every network's full state (in the object store) as the last good one."""
-        self.last_good = [a.get_state.remote() for a in self.actors]
-        ray.wait(self.last_good, num_returns=len(self.last_good))
+        """Remember every network's full state now as the restart point."""
+        self.set_restart_point([a.get_state.remote() for a in self.actors])
+
+    def set_restart_point(self, states: list[ray.ObjectRef]) -> None:
+        """Remember ``states`` (per actor, as ``get_state`` returns them) as the states that
+        a restart goes back to: those after the last finished round."""
+        ray.wait(states, num_returns=len(states))
+        self._restart_point = states
+
+    def take_events(self) -> list[str]:
+        """The events since the last finished round (restarts), each returned once."""
+        events, self._events = self._events, []
+        return events
 
     def states(self) -> list[dict[str, Any]]:
         """Every network's state, in network order."""
-        return self.per_network(self.last_good)
+        return self.per_network(self._restart_point)
 
     def load_states(self, states: list[Any]) -> None:
         ray.get(
@@ -165,8 +180,8 @@ class Population:
             ) from error
         replaced = self._replace_dead_actors()
         log.warning("round %d: workers %s died; redoing the round", round_index, replaced)
-        ray.get([a.set_state.remote(s) for a, s in zip(self.actors, self.last_good)])
-        self.pending_events = [f"worker {k} died and was restarted" for k in replaced]
+        ray.get([a.set_state.remote(s) for a, s in zip(self.actors, self._restart_point)])
+        self._events += [f"worker {k} died and was restarted" for k in replaced]
 
     def _replace_dead_actors(self) -> list[int]:
         dead = []
@@ -182,7 +197,7 @@ class Population:
     def _round(self, round_index: int) -> RoundResult:
         """Train, evaluate the trained networks (the round's metrics), then graft, except
         after the last interval: what is reported and kept is always a trained network."""
-        events, self.pending_events = self.pending_events, []
+        events = self.take_events()
         train = self.per_network([a.train_interval.remote() for a in self.actors])
         restored = self._restore_diverged(train, events)
         evaluations = self.per_network([a.evaluate.remote(True) for a in self.actors])
@@ -228,17 +243,20 @@ class Population:
         """Replace each network whose loss or weights are not finite by a copy of its nearest
         finite predecessor, before any snapshot is taken: it is never a graft source."""
         bad = {k for k, t in enumerate(train) if not t["finite"]}
-        if not bad:
-            return bad
-        if len(bad) == self.size:
-            raise RuntimeError("every network diverged (non-finite loss); lower --lr")
         for k in sorted(bad):
-            donor = next(j for j in ring_before(k, self.size) if j not in bad)
-            (actor, slot), (donor_actor, donor_slot) = self.actor_of(k), self.actor_of(donor)
-            ray.get(actor.load_weights.remote(slot, donor_actor.snapshot.remote(donor_slot)))
-            events.append(f"network {k} diverged; restored from network {donor}")
-            log.warning(events[-1])
+            donor = restore_donor(k, self.size, lambda j: j not in bad)
+            donor_actor, donor_slot = self.actor_of(donor)
+            events.append(self.restore(k, donor, donor_actor.snapshot.remote(donor_slot)))
         return bad
+
+    def restore(self, k: int, donor: int, snapshot: ray.ObjectRef) -> str:
+        """Network ``k`` takes ``donor``'s weights (its snapshot in the object store) and
+        drops its momentum; returns the event, which is logged here, once."""
+        actor, slot = self.actor_of(k)
+        ray.get(actor.load_weights.remote(slot, snapshot))
+        event = restored_event(k, donor)
+        log.warning(event)
+        return event
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -247,23 +265,6 @@ class Population:
         if self.owns_placement and self.placement is not None:
             remove_placement_group(self.placement)
             self.placement = None
-
-
-def grafts_in_round(config: Config, round_index: int, num_rounds: int) -> bool:
-    """Whether round ``round_index`` ends with a graft: from --start-round on, never after
-    the last interval (the final networks are trained ones), never for --source none."""
-    g = config.graft
-    return g.source != "none" and g.start_round <= round_index < num_rounds
-
-
-def graft_records(round_index: int, network: int, rows: list[dict[str, Any]]) -> list[dict]:
-    """One graft's per-unit entropy/alpha rows, labelled with its round and receiver."""
-    return [{"round": round_index, "network": network, **row} for row in rows]
-
-
-def ring_before(k: int, size: int) -> Iterator[int]:
-    """The other networks of the ring, nearest predecessor first."""
-    return (predecessor(k - i, size) for i in range(size - 1))
 
 
 def _train_metrics(train: dict[str, Any]) -> dict[str, Any]:
