@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from graftune.config import Config, flatten
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
+from graftune.population.liveness import dead_workers, death_line
 from graftune.population.resources import largest_node_cpus, worker_layout, worker_resources
 from graftune.population.ring import (
     graft_records,
@@ -61,6 +62,7 @@ class Population:
         self._restart_point: list[ray.ObjectRef] = []  # per actor: states after the last round
         self.failures = 0
         self._events: list[str] = []  # restarts, reported with the next finished round
+        self.health_timeout_s = 60.0  # for dead workers' alive calls to fail, after a death
 
     @property
     def size(self) -> int:
@@ -170,29 +172,36 @@ class Population:
                 self.recover(error, round_index)
 
     def recover(self, error: RayActorError, round_index: int) -> None:
-        """Replace the dead workers and put every network back to the last good states, so
-        that ``round_index`` can be run again; give up after --max-failures deaths."""
-        self.failures += 1
-        if self.failures > self.config.population.max_failures:
-            raise RuntimeError(
-                f"{self.failures} worker failures, more than --max-failures "
-                f"{self.config.population.max_failures}"
-            ) from error
-        replaced = self._replace_dead_actors()
-        log.warning("round %d: workers %s died; redoing the round", round_index, replaced)
-        ray.get([a.set_state.remote(s) for a, s in zip(self.actors, self._restart_point)])
-        self._events += [f"worker {k} died and was restarted" for k in replaced]
+        """Replace the workers that Ray reports dead and put every network back to the
+        restart point, so that ``round_index`` can be run again; give up after
+        --max-failures deaths. A worker that is busy training is never taken for dead."""
+        while True:
+            dead = dead_workers(self.actors, self.info, error, self.health_timeout_s)
+            if not dead:
+                raise error  # Ray raised an actor error but reports no actor dead: a bug
+            self.failures += len(dead)
+            if self.failures > self.config.population.max_failures:
+                raise RuntimeError(
+                    f"{self.failures} worker failures, more than --max-failures "
+                    f"{self.config.population.max_failures}"
+                ) from error
+            for a in dead:
+                event = death_line(a, self.info[a], round_index)
+                log.warning(event)
+                self._events.append(event)
+                self._replace(a)
+            try:  # waits for the healthy workers to finish what they were doing
+                restart = zip(self.actors, self._restart_point)
+                ray.get([actor.set_state.remote(states) for actor, states in restart])
+                return
+            except RayActorError as again:  # another one died meanwhile
+                error = again
 
-    def _replace_dead_actors(self) -> list[int]:
-        dead = []
-        for k, actor in enumerate(self.actors):
-            try:
-                ray.get(actor.info.remote(), timeout=60)
-            except (RayActorError, GetTimeoutError):
-                ray.kill(actor, no_restart=True)
-                self.actors[k] = self._new_actor(k)
-                dead.append(k)
-        return dead
+    def _replace(self, a: int) -> None:
+        """A new worker in dead worker ``a``'s bundle, holding the same networks."""
+        ray.kill(self.actors[a], no_restart=True)
+        self.actors[a] = self._new_actor(a)
+        self.info[a] = ray.get(self.actors[a].info.remote())
 
     def _round(self, round_index: int) -> RoundResult:
         """Train, evaluate the trained networks (the round's metrics), then graft, except
