@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
 from graftune.core.graft import predecessor
-from graftune.population.population import Population, RoundResult
+from graftune.population.population import WORKER_LOSS, Population, RoundResult
 from graftune.population.ring import graft_records, grafts_in_round, restore_donor
 
 
@@ -92,7 +91,7 @@ def run_async(
                 first_round = result.round + 1
                 if on_round is not None:
                     on_round(result)
-        except RayActorError as error:
+        except WORKER_LOSS as error:
             population.recover(error, first_round)
     return results
 

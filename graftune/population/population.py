@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -27,6 +27,8 @@ from graftune.population.worker import GraftWorker
 from graftune.training.fused import fusable
 
 log = logging.getLogger("graftune")
+# What a dead worker or a lost node raises: a call of the worker's, or an object it held.
+WORKER_LOSS = (RayActorError, ObjectLostError)
 
 
 @dataclass
@@ -135,6 +137,11 @@ class Population:
         """Remember ``states`` (per actor, as ``get_state`` returns them) as the states that
         a restart goes back to: those after the last finished round."""
         ray.wait(states, num_returns=len(states))
+        driver_node = ray.get_runtime_context().get_node_id()
+        if any(info["node_id"] != driver_node for info in self.info):
+            # They live in the object stores of their workers' nodes, and a lost node would
+            # take them with it: keep a copy in the driver's node instead.
+            states = [ray.put(s) for s in ray.get(states)]
         self._restart_point = states
 
     def take_events(self) -> list[str]:
@@ -168,10 +175,10 @@ class Population:
                 result = self._round(round_index)
                 self.commit()
                 return result
-            except RayActorError as error:
+            except WORKER_LOSS as error:
                 self.recover(error, round_index)
 
-    def recover(self, error: RayActorError, round_index: int) -> None:
+    def recover(self, error: RayActorError | ObjectLostError, round_index: int) -> None:
         """Replace the workers that Ray reports dead and put every network back to the
         restart point, so that ``round_index`` can be run again; give up after
         --max-failures deaths. A worker that is busy training is never taken for dead."""
@@ -185,8 +192,9 @@ class Population:
                     f"{self.failures} worker failures, more than --max-failures "
                     f"{self.config.population.max_failures}"
                 ) from error
+            lost_nodes = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
             for a in dead:
-                event = death_line(a, self.info[a], round_index)
+                event = death_line(a, self.info[a], round_index, lost_nodes)
                 log.warning(event)
                 self._events.append(event)
                 self._replace(a)
@@ -194,7 +202,7 @@ class Population:
                 restart = zip(self.actors, self._restart_point)
                 ray.get([actor.set_state.remote(states) for actor, states in restart])
                 return
-            except RayActorError as again:  # another one died meanwhile
+            except WORKER_LOSS as again:  # another one died meanwhile
                 error = again
 
     def _replace(self, a: int) -> None:
