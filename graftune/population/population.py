@@ -140,7 +140,8 @@ class Population:
         driver_node = ray.get_runtime_context().get_node_id()
         if any(info["node_id"] != driver_node for info in self.info):
             # They live in the object stores of their workers' nodes, and a lost node would
-            # take them with it: keep a copy in the driver's node instead.
+            # take them with it (ray.wait leaves a copy here too, but one that the store
+            # may evict): keep a copy that the driver owns, in the driver's node.
             states = [ray.put(s) for s in ray.get(states)]
         self._restart_point = states
 
@@ -185,7 +186,7 @@ class Population:
         while True:
             dead = dead_workers(self.actors, self.info, error, self.health_timeout_s)
             if not dead:
-                raise error  # Ray raised an actor error but reports no actor dead: a bug
+                raise error  # Ray gave no word of a death within the wait: not ours to guess
             self.failures += len(dead)
             if self.failures > self.config.population.max_failures:
                 raise RuntimeError(
