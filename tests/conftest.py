@@ -15,11 +15,21 @@ from graftune.tracking.experiment import run_experiment
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def hold_dir(tmp_path_factory) -> Path:
+    """The folder of the workers' test hook (``worker.hold_if_asked``): a file ``net<k>``
+    there holds network k's next interval until the test removes it."""
+    return tmp_path_factory.mktemp("hold")
+
+
+@pytest.fixture(scope="session")
+def ray_local(hold_dir):
     """One local Ray for all population tests: starting Ray costs seconds on 2 cores."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    from graftune.population.worker import HOLD_DIR
+
+    runtime_env = {"env_vars": {HOLD_DIR: str(hold_dir)}}  # every worker of the session
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     yield ray
     ray.shutdown()
 

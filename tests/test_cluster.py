@@ -77,16 +77,8 @@ class Processes:
         return proc
 
     def marked(self) -> list[int]:
-        """Live processes carrying our marker (Linux /proc; elsewhere none are found)."""
-        needle = f"{MARKER}={self.marker}".encode()
-        found = []
-        for entry in Path("/proc").glob("[0-9]*"):
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:  # gone meanwhile, or not ours to read
-                continue
-        return found
+        """Live processes carrying our marker."""
+        return processes_with(f"{MARKER}={self.marker}")
 
     def stop(self, grace_s: float = 20.0) -> None:
         for proc in self.leaders:
@@ -110,6 +102,20 @@ class Processes:
             time.sleep(0.2)
         for proc in self.leaders:
             proc.wait(timeout=10)
+
+
+def processes_with(variable: str) -> list[int]:
+    """Live processes whose environment holds ``variable`` ("NAME=value"; Linux /proc,
+    elsewhere none are found)."""
+    needle = variable.encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def free_ports(count: int) -> list[int]:
@@ -266,14 +272,16 @@ def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
 # --- jobs -----------------------------------------------------------------------------------
 
 
-def submit(cluster: LocalCluster, *run_args: str) -> str:
-    """``ray job submit`` of ``python -m graftune.run ...`` with cluster/runtime_env.yaml and
-    this checkout as the working dir, as cluster/README.md says; returns the submission id."""
+def submit(cluster: LocalCluster, *run_args: str, runtime_env: Path | None = None) -> str:
+    """``ray job submit`` of ``python -m graftune.run ...`` with cluster/runtime_env.yaml (or
+    ``runtime_env``) and this checkout as the working dir, as cluster/README.md says;
+    returns the submission id."""
     submission_id = f"graftune-test-{uuid.uuid4().hex[:8]}"
+    runtime_env = runtime_env or CLUSTER_DIR / "runtime_env.yaml"
     args = [
         *RAY, "job", "submit", "--address", cluster.dashboard, "--no-wait",
         "--submission-id", submission_id,
-        "--runtime-env", str(CLUSTER_DIR / "runtime_env.yaml"), "--working-dir", str(REPO),
+        "--runtime-env", str(runtime_env), "--working-dir", str(REPO),
         "--", sys.executable, "-m", "graftune.run", *run_args,
         "--tracking-uri", cluster.mlflow, "--checkpoint-dir", str(cluster.store / "checkpoints"),
     ]  # fmt: skip
@@ -379,6 +387,50 @@ def test_workers_on_a_node_without_the_data_get_it_from_the_object_store(cluster
     assert "on imagefolder (16 train / 8 test images)" in " ".join(logs.split())
     nodes = {w["node_id"] for w in json.loads(run.data.tags["graftune.workers"])}
     assert nodes == {cluster.head_node, cluster.worker_node}
+
+
+@pytest.mark.slow
+def test_a_population_survives_the_loss_of_a_node_mid_round(cluster, tmp_path):
+    """Run last among the cluster tests: the worker node stays lost. Each worker's first
+    interval is held (``worker.hold_if_asked``) until the worker node's processes are gone,
+    so the node dies in the middle of round 1 with a worker on it."""
+    from graftune.population.worker import HOLD_DIR
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    spec = yaml.safe_load((CLUSTER_DIR / "runtime_env.yaml").read_text())
+    spec["env_vars"][HOLD_DIR] = str(hold)
+    runtime_env = tmp_path / "runtime_env.yaml"
+    runtime_env.write_text(yaml.safe_dump(spec))
+    for k in (0, 1):
+        (hold / f"net{k}").touch()
+    try:
+        # resnet20: its states (1 MB) live in the object store of their node, not inline
+        submission_id = submit(
+            cluster, "--num-models", "2", "--model", "resnet20", "--dataset", "synthetic",
+            "--synthetic-size", "128", "--epochs", "2", "--batch-size", "64",
+            "--placement", "SPREAD", "--cpus-per-worker", "0.5", "--no-log-weights",
+            "--no-log-models", "--no-system-metrics", runtime_env=runtime_env,
+        )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all((hold / f"net{k}.held").exists() for k in (0, 1)):
+            assert time.monotonic() < deadline, "the workers never started round 1"
+            time.sleep(0.2)
+        pids = processes_with(f"HOME={cluster.worker_home}")  # the worker node's
+        assert pids, "no process of the worker node found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        for k in (0, 1):
+            (hold / f"net{k}").unlink(missing_ok=True)
+    logs = wait_for_job(cluster, submission_id)
+    client, run = run_of(logs, cluster)
+    lost = [line for line in logs.splitlines() if "which was lost" in line]
+    assert len(lost) == 1 and f"node {cluster.worker_node[:8]}" in lost[0], logs[-3000:]
+    assert "round 1 starts again" in lost[0]
+    for key in ("net0/test_acc", "net1/test_acc", "population/mean_test_acc"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    assert run.info.status == "FINISHED"
 
 
 # --- the files in cluster/, checked without a cluster ------------------------------------

@@ -138,7 +138,7 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
 
 
 def test_worker_resources_fit_the_nodes():
-    from graftune.population.population import worker_resources
+    from graftune.population.resources import worker_resources
 
     config = with_overrides(Config(), {"num_models": 4})
     assert worker_resources(config, {"CPU": 2}) == {"CPU": 0.5}

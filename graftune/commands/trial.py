@@ -20,7 +20,8 @@ from graftune.commands.cli import quiet_libraries
 from graftune.commands.searchspace import trial_config
 from graftune.config import Config, with_overrides
 from graftune.data import ImageSet
-from graftune.population.population import RoundResult, worker_layout
+from graftune.population.population import RoundResult
+from graftune.population.resources import worker_layout
 from graftune.tracking.checkpoint import (
     CHECKPOINT_NAME,
     check_compatible,

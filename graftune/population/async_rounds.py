@@ -14,24 +14,15 @@ end of its round r, so ``--resume`` and worker restarts work as in the synchrono
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
 from graftune.core.graft import predecessor
-from graftune.population.population import (
-    Population,
-    RoundResult,
-    graft_records,
-    ring_before,
-)
-from graftune.population.ring import grafts_in_round
-
-log = logging.getLogger(__name__)
+from graftune.population.population import WORKER_LOSS, Population, RoundResult
+from graftune.population.ring import graft_records, grafts_in_round, restore_donor
 
 
 @dataclass
@@ -100,9 +91,32 @@ def run_async(
                 first_round = result.round + 1
                 if on_round is not None:
                     on_round(result)
-        except RayActorError as error:
+        except WORKER_LOSS as error:
             population.recover(error, first_round)
     return results
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A network's interval in flight: its round and the ref of what training reports."""
+
+    network: int
+    round: int
+    train: ray.ObjectRef
+
+
+@dataclass
+class NetworkRound:
+    """One network's finished interval: what training reported, and the refs of what its
+    worker does next, in this order: evaluate, graft (if it grafts), evaluate again (with
+    --eval-after-graft), and hand over its state, the restart point once the round is whole."""
+
+    train: dict[str, Any]
+    evaluation: ray.ObjectRef
+    state: ray.ObjectRef
+    graft: ray.ObjectRef | None = None
+    grafted: ray.ObjectRef | None = None
+    events: list[str] = field(default_factory=list)  # a restore, if it diverged
 
 
 def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
@@ -110,45 +124,43 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
     schedule = AsyncSchedule(population.size, first_round, population.num_rounds, p.max_lead)
     actors = population.actors
     snapshots: list[Any] = [None] * population.size  # each network's latest published one
-    in_flight: dict[Any, tuple[int, int, Any]] = {}  # snapshot ref -> (network, round, train)
-    rounds: dict[int, dict[int, dict[str, Any]]] = {}  # round -> network -> its refs
+    in_flight: dict[ray.ObjectRef, Interval] = {}  # keyed by the snapshot taken after it
+    rounds: dict[int, dict[int, NetworkRound]] = {}  # round -> network -> its interval
 
     def start(k: int, round_index: int) -> None:
         train = actors[k].train_interval.remote()
-        in_flight[actors[k].snapshot.remote(0)] = (k, round_index, train)
+        in_flight[actors[k].snapshot.remote(0)] = Interval(k, round_index, train)
 
     for k in range(population.size):
         start(k, first_round)
     while not schedule.done:
         [ready], _ = ray.wait(list(in_flight), num_returns=1)
-        k, round_index, train_ref = in_flight.pop(ready)
-        [train], events = ray.get(train_ref), []
+        interval = in_flight.pop(ready)
+        k, round_index = interval.network, interval.round
+        [train], events = ray.get(interval.train), []
         if train["finite"]:
             snapshots[k] = ready
             schedule.publish(k, round_index)
         else:  # never a source: take the latest weights its predecessors published
-            ring = ring_before(k, population.size)
-            donor = next((j for j in ring if snapshots[j] is not None), None)
-            if donor is None:
-                raise RuntimeError(f"network {k} diverged (non-finite loss); lower --lr")
-            ray.get(actors[k].load_weights.remote(0, snapshots[donor]))
-            events.append(f"network {k} diverged; restored from network {donor}")
-            log.warning(events[-1])
-        refs: dict[str, Any] = {"train": train, "events": events, "graft": None}
+            donor = restore_donor(k, population.size, lambda j: snapshots[j] is not None)
+            events.append(population.restore(k, donor, snapshots[donor]))
         # Evaluated before the graft: the round's metrics are those of the trained network.
-        refs["evaluation"] = actors[k].evaluate.remote(True)
+        evaluation = actors[k].evaluate.remote(True)
+        graft = grafted = None
         source = schedule.source(k)
         if grafts_in_round(population.config, round_index, population.num_rounds):
             if g.source == "noise" or source is not None:
                 distilling = population.config.train.distill_weight > 0 and source is not None
-                refs["graft"] = actors[k].graft_from.remote(
+                graft = actors[k].graft_from.remote(
                     [snapshots[source] if g.source == "network" else None],
                     [snapshots[source]] if distilling else None,  # the predecessor, pre-graft
                 )
                 if g.eval_after_graft:
-                    refs["grafted"] = actors[k].evaluate.remote(False)
-        refs["state"] = actors[k].get_state.remote()  # the restart point, if round completes
-        rounds.setdefault(round_index, {})[k] = refs
+                    grafted = actors[k].evaluate.remote(False)
+        state = actors[k].get_state.remote()
+        rounds.setdefault(round_index, {})[k] = NetworkRound(
+            train, evaluation, state, graft, grafted, events
+        )
         schedule.finish(k, round_index)
         complete = schedule.complete_rounds()  # first: it may let held networks start
         for network, next_round in schedule.startable():
@@ -157,19 +169,22 @@ def _rounds(population: Population, first_round: int) -> Iterator[RoundResult]:
             yield _result(population, finished_round, rounds.pop(finished_round))
 
 
-def _result(population: Population, round_index: int, refs: dict[int, dict]) -> RoundResult:
-    order = range(population.size)
-    evaluations = [e for k in order for e in ray.get(refs[k]["evaluation"])]
+def _result(population: Population, round_index: int, done: dict[int, NetworkRound]) -> RoundResult:
+    networks = [done[k] for k in range(population.size)]
+    evaluations = [e for n in networks for e in ray.get(n.evaluation)]
     records: list[dict[str, Any]] = []
-    for k in order:
-        if refs[k]["graft"] is not None:
-            records += graft_records(round_index, k, ray.get(refs[k]["graft"])[0])
-        if "grafted" in refs[k]:
-            evaluations[k]["test_acc_grafted"] = ray.get(refs[k]["grafted"])[0]["test_acc"]
-    population.last_good = [refs[k]["state"] for k in order]
-    events = population.pending_events + [e for k in order for e in refs[k]["events"]]
-    population.pending_events = []
+    for k, n in enumerate(networks):
+        if n.graft is not None:
+            records += graft_records(round_index, k, ray.get(n.graft)[0])
+        if n.grafted is not None:
+            evaluations[k]["test_acc_grafted"] = ray.get(n.grafted)[0]["test_acc"]
+    population.set_restart_point([n.state for n in networks])
+    events = population.take_events() + [e for n in networks for e in n.events]
     return population.round_result(
-        round_index, [refs[k]["train"] for k in order], evaluations, records, events,
-        restored={k for k in order if refs[k]["events"]},
-    )  # fmt: skip
+        round_index,
+        [n.train for n in networks],
+        evaluations,
+        records,
+        events,
+        restored={k for k, n in enumerate(networks) if n.events},
+    )

@@ -4,24 +4,31 @@ synchronous rounds, surviving dead workers and diverged networks without losing 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from graftune.config import Config, flatten
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
-from graftune.population.ring import grafts_in_round
+from graftune.population.liveness import dead_workers, death_line
+from graftune.population.resources import largest_node_cpus, worker_layout, worker_resources
+from graftune.population.ring import (
+    graft_records,
+    grafts_in_round,
+    restore_donor,
+    restored_event,
+)
 from graftune.population.worker import GraftWorker
 from graftune.training.fused import fusable
 
 log = logging.getLogger("graftune")
+# What a dead worker or a lost node raises: a call of the worker's, or an object it held.
+WORKER_LOSS = (RayActorError, ObjectLostError)
 
 
 @dataclass
@@ -36,77 +43,6 @@ class RoundResult:
 
     def as_history(self) -> dict[str, Any]:
         return {"round": self.round, "networks": self.networks, "population": self.population}
-
-
-def worker_resources(
-    config: Config, cluster: dict[str, float], largest_node_cpus: float | None = None
-) -> dict[str, float]:
-    """CPUs and GPUs of one worker.
-
-    A GPU each when the cluster has K of them, else an even share of its GPUs, with at most
-    one CPU (data and augmentation live on the GPU). Without GPUs, an even share of the
-    cluster's CPUs, fractions allowed so K may exceed the core count, and never more than
-    the largest node holds, so that every worker fits on some node of a cluster with
-    unequal nodes.
-    """
-    p = config.population
-    gpus = p.gpus_per_worker
-    if gpus < 0:
-        gpus = gpu_share(cluster.get("GPU", 0), p.num_models)
-    share = cluster.get("CPU", 1) / p.num_models
-    if largest_node_cpus:
-        share = min(share, largest_node_cpus)
-    share = max(0.01, int(share * 100) / 100)
-    cpus = p.cpus_per_worker or (min(1.0, share) if gpus else share)
-    return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
-
-
-def gpu_share(num_gpus: float, num_models: int) -> float:
-    """A whole GPU each when there are K; else 1/n of one, with n workers on every GPU, so
-    that the fractions fit whole GPUs (3 workers on 2 GPUs get 0.5 each, not 0.67)."""
-    whole = int(num_gpus)
-    if whole >= num_models:
-        return 1.0
-    if whole == 0:
-        return 0.0
-    per_gpu = math.ceil(num_models / whole)
-    return math.floor(10_000 / per_gpu) / 10_000  # Ray takes GPU fractions to 4 decimals
-
-
-def largest_node_cpus() -> float:
-    """The most CPUs any alive node of the connected cluster has."""
-    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
-
-
-def worker_layout(
-    config: Config, cluster: dict[str, float], largest_node_cpus: float | None = None,
-    num_workers: int | None = None,
-) -> tuple[list[list[int]], dict[str, float], bool]:  # fmt: skip
-    """Which networks each worker holds, one worker's resources, and whether it fuses.
-
-    Fused (``--fuse on``, or ``auto`` with GPUs): one worker per GPU, up to K, holding an
-    even, contiguous share of the networks (K = 8 on 2 GPUs: two workers of four), or one
-    worker for all of them on CPUs. Unfused: one worker per network, as before.
-    ``num_workers`` fixes the count (a Tune trial's placement group already has it).
-    """
-    k, gpus = config.population.num_models, int(cluster.get("GPU", 0))
-    fuse = config.population.fuse
-    unfusable = (
-        config.population.asynchronous
-        or config.model.compile
-        or config.graft.bn_recalibrate_batches > 0
-    )
-    if fuse == "off" or (fuse == "auto" and not gpus) or unfusable:
-        return [[i] for i in range(k)], worker_resources(config, cluster, largest_node_cpus), False
-    count = num_workers or (min(gpus, k) if gpus else 1)
-    groups = [list(range(k))[w * k // count : (w + 1) * k // count] for w in range(count)]
-    cpus = cluster.get("CPU", 1) / count
-    if largest_node_cpus:
-        cpus = min(cpus, largest_node_cpus)
-    cpus = config.population.cpus_per_worker or max(0.01, int(cpus * 100) / 100)
-    if gpus:
-        return groups, {"CPU": min(1.0, cpus), "GPU": 1.0}, True
-    return groups, {"CPU": cpus}, True
 
 
 class Population:
@@ -125,9 +61,10 @@ class Population:
         self.owns_placement = placement is None
         self.actors: list[Any] = []
         self.groups: list[list[int]] = []  # the networks of each actor, in ring order
-        self.last_good: list[ray.ObjectRef] = []  # per actor: states after the last round
+        self._restart_point: list[ray.ObjectRef] = []  # per actor: states after the last round
         self.failures = 0
-        self.pending_events: list[str] = []  # reported with the next finished round
+        self._events: list[str] = []  # restarts, reported with the next finished round
+        self.health_timeout_s = 60.0  # for dead workers' alive calls to fail, after a death
 
     @property
     def size(self) -> int:
@@ -193,13 +130,29 @@ class Population:
         return [item for items in ray.get(refs) for item in items]
 
     def commit(self) -> None:
-        """Remember every network's full state (in the object store) as the last good one."""
-        self.last_good = [a.get_state.remote() for a in self.actors]
-        ray.wait(self.last_good, num_returns=len(self.last_good))
+        """Remember every network's full state now as the restart point."""
+        self.set_restart_point([a.get_state.remote() for a in self.actors])
+
+    def set_restart_point(self, states: list[ray.ObjectRef]) -> None:
+        """Remember ``states`` (per actor, as ``get_state`` returns them) as the states that
+        a restart goes back to: those after the last finished round."""
+        ray.wait(states, num_returns=len(states))
+        driver_node = ray.get_runtime_context().get_node_id()
+        if any(info["node_id"] != driver_node for info in self.info):
+            # They live in the object stores of their workers' nodes, and a lost node would
+            # take them with it (ray.wait leaves a copy here too, but one that the store
+            # may evict): keep a copy that the driver owns, in the driver's node.
+            states = [ray.put(s) for s in ray.get(states)]
+        self._restart_point = states
+
+    def take_events(self) -> list[str]:
+        """The events since the last finished round (restarts), each returned once."""
+        events, self._events = self._events, []
+        return events
 
     def states(self) -> list[dict[str, Any]]:
         """Every network's state, in network order."""
-        return self.per_network(self.last_good)
+        return self.per_network(self._restart_point)
 
     def load_states(self, states: list[Any]) -> None:
         ray.get(
@@ -223,38 +176,46 @@ class Population:
                 result = self._round(round_index)
                 self.commit()
                 return result
-            except RayActorError as error:
+            except WORKER_LOSS as error:
                 self.recover(error, round_index)
 
-    def recover(self, error: RayActorError, round_index: int) -> None:
-        """Replace the dead workers and put every network back to the last good states, so
-        that ``round_index`` can be run again; give up after --max-failures deaths."""
-        self.failures += 1
-        if self.failures > self.config.population.max_failures:
-            raise RuntimeError(
-                f"{self.failures} worker failures, more than --max-failures "
-                f"{self.config.population.max_failures}"
-            ) from error
-        replaced = self._replace_dead_actors()
-        log.warning("round %d: workers %s died; redoing the round", round_index, replaced)
-        ray.get([a.set_state.remote(s) for a, s in zip(self.actors, self.last_good)])
-        self.pending_events = [f"worker {k} died and was restarted" for k in replaced]
+    def recover(self, error: RayActorError | ObjectLostError, round_index: int) -> None:
+        """Replace the workers that Ray reports dead and put every network back to the
+        restart point, so that ``round_index`` can be run again; give up after
+        --max-failures deaths. A worker that is busy training is never taken for dead."""
+        while True:
+            dead = dead_workers(self.actors, self.info, error, self.health_timeout_s)
+            if not dead:
+                raise error  # Ray gave no word of a death within the wait: not ours to guess
+            self.failures += len(dead)
+            if self.failures > self.config.population.max_failures:
+                raise RuntimeError(
+                    f"{self.failures} worker failures, more than --max-failures "
+                    f"{self.config.population.max_failures}"
+                ) from error
+            lost_nodes = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
+            for a in dead:
+                event = death_line(a, self.info[a], round_index, lost_nodes)
+                log.warning(event)
+                self._events.append(event)
+                self._replace(a)
+            try:  # waits for the healthy workers to finish what they were doing
+                restart = zip(self.actors, self._restart_point)
+                ray.get([actor.set_state.remote(states) for actor, states in restart])
+                return
+            except WORKER_LOSS as again:  # another one died meanwhile
+                error = again
 
-    def _replace_dead_actors(self) -> list[int]:
-        dead = []
-        for k, actor in enumerate(self.actors):
-            try:
-                ray.get(actor.info.remote(), timeout=60)
-            except (RayActorError, GetTimeoutError):
-                ray.kill(actor, no_restart=True)
-                self.actors[k] = self._new_actor(k)
-                dead.append(k)
-        return dead
+    def _replace(self, a: int) -> None:
+        """A new worker in dead worker ``a``'s bundle, holding the same networks."""
+        ray.kill(self.actors[a], no_restart=True)
+        self.actors[a] = self._new_actor(a)
+        self.info[a] = ray.get(self.actors[a].info.remote())
 
     def _round(self, round_index: int) -> RoundResult:
         """Train, evaluate the trained networks (the round's metrics), then graft, except
         after the last interval: what is reported and kept is always a trained network."""
-        events, self.pending_events = self.pending_events, []
+        events = self.take_events()
         train = self.per_network([a.train_interval.remote() for a in self.actors])
         restored = self._restore_diverged(train, events)
         evaluations = self.per_network([a.evaluate.remote(True) for a in self.actors])
@@ -305,17 +266,20 @@ class Population:
         """Replace each network whose loss or weights are not finite by a copy of its nearest
         finite predecessor, before any snapshot is taken: it is never a graft source."""
         bad = {k for k, t in enumerate(train) if not t["finite"]}
-        if not bad:
-            return bad
-        if len(bad) == self.size:
-            raise RuntimeError("every network diverged (non-finite loss); lower --lr")
         for k in sorted(bad):
-            donor = next(j for j in ring_before(k, self.size) if j not in bad)
-            (actor, slot), (donor_actor, donor_slot) = self.actor_of(k), self.actor_of(donor)
-            ray.get(actor.load_weights.remote(slot, donor_actor.snapshot.remote(donor_slot)))
-            events.append(f"network {k} diverged; restored from network {donor}")
-            log.warning(events[-1])
+            donor = restore_donor(k, self.size, lambda j: j not in bad)
+            donor_actor, donor_slot = self.actor_of(donor)
+            events.append(self.restore(k, donor, donor_actor.snapshot.remote(donor_slot)))
         return bad
+
+    def restore(self, k: int, donor: int, snapshot: ray.ObjectRef) -> str:
+        """Network ``k`` takes ``donor``'s weights (its snapshot in the object store) and
+        drops its momentum; returns the event, which is logged here, once."""
+        actor, slot = self.actor_of(k)
+        ray.get(actor.load_weights.remote(slot, snapshot))
+        event = restored_event(k, donor)
+        log.warning(event)
+        return event
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -324,16 +288,6 @@ class Population:
         if self.owns_placement and self.placement is not None:
             remove_placement_group(self.placement)
             self.placement = None
-
-
-def graft_records(round_index: int, network: int, rows: list[dict[str, Any]]) -> list[dict]:
-    """One graft's per-unit entropy/alpha rows, labelled with its round and receiver."""
-    return [{"round": round_index, "network": network, **row} for row in rows]
-
-
-def ring_before(k: int, size: int) -> Iterator[int]:
-    """The other networks of the ring, nearest predecessor first."""
-    return (predecessor(k - i, size) for i in range(size - 1))
 
 
 def _train_metrics(train: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ ever pickled.
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -23,8 +25,11 @@ from graftune.training.fused import FusedTrainer
 from graftune.training.group import TrainerGroup
 from graftune.training.trainer import Source
 
+HEALTH = "health"  # a concurrency group of its own: answers while an interval trains
+HOLD_DIR = "GRAFTUNE_TEST_HOLD_DIR"  # tests only, see hold_if_asked
 
-@ray.remote(max_restarts=0)
+
+@ray.remote(max_restarts=0, concurrency_groups={HEALTH: 1})
 class GraftWorker:
     """Networks ``indices`` of the population; every method is a step the driver schedules."""
 
@@ -45,8 +50,11 @@ class GraftWorker:
         self.fused = fused
 
     def info(self) -> dict[str, Any]:
+        context = ray.get_runtime_context()
         return {
-            "node_id": ray.get_runtime_context().get_node_id(),
+            "actor_id": context.get_actor_id(),
+            "node_id": context.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
             "pid": os.getpid(),
             "device": str(self.networks.device),
             "threads": torch.get_num_threads(),
@@ -57,7 +65,14 @@ class GraftWorker:
             "steps_per_round": self.networks.steps_per_round,
         }
 
+    @ray.method(concurrency_group=HEALTH)
+    def alive(self) -> int:
+        """Answers at once, even in the middle of an interval (the other methods run one at
+        a time, in order, in the default group): a dead worker's call fails instead."""
+        return os.getpid()
+
     def train_interval(self) -> list[dict[str, float]]:
+        hold_if_asked(self.networks.indices)
         return self.networks.train_interval()
 
     def snapshots(self) -> list[Snapshot] | Snapshot:
@@ -92,3 +107,19 @@ class GraftWorker:
 
     def set_state(self, states: list[dict[str, Any]]) -> int:
         return self.networks.load_state_dicts(states)
+
+
+def hold_if_asked(networks: list[int]) -> None:
+    """A test hook, off unless ``$GRAFTUNE_TEST_HOLD_DIR`` is set: while a file ``net<k>``
+    exists in that folder for a network k of this worker, its interval waits before it
+    trains (and says so by creating ``net<k>.held``). A test makes one worker's interval as
+    long as it needs, or catches a worker in the middle of one, without sleeping."""
+    folder = os.environ.get(HOLD_DIR)
+    if not folder:
+        return
+    for k in networks:
+        hold = Path(folder) / f"net{k}"
+        if hold.exists():
+            (Path(folder) / f"net{k}.held").touch()
+            while hold.exists():
+                time.sleep(0.05)

@@ -1,0 +1,81 @@
+"""How many workers a population has, which networks each holds, and what each asks of
+the cluster: CPUs and GPU shares that fit the nodes, fused or one network per worker."""
+
+from __future__ import annotations
+
+import math
+
+import ray
+
+from graftune.config import Config
+
+
+def worker_resources(
+    config: Config, cluster: dict[str, float], largest_node_cpus: float | None = None
+) -> dict[str, float]:
+    """CPUs and GPUs of one worker.
+
+    A GPU each when the cluster has K of them, else an even share of its GPUs, with at most
+    one CPU (data and augmentation live on the GPU). Without GPUs, an even share of the
+    cluster's CPUs, fractions allowed so K may exceed the core count, and never more than
+    the largest node holds, so that every worker fits on some node of a cluster with
+    unequal nodes.
+    """
+    p = config.population
+    gpus = p.gpus_per_worker
+    if gpus < 0:
+        gpus = gpu_share(cluster.get("GPU", 0), p.num_models)
+    share = cluster.get("CPU", 1) / p.num_models
+    if largest_node_cpus:
+        share = min(share, largest_node_cpus)
+    share = max(0.01, int(share * 100) / 100)
+    cpus = p.cpus_per_worker or (min(1.0, share) if gpus else share)
+    return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+
+
+def gpu_share(num_gpus: float, num_models: int) -> float:
+    """A whole GPU each when there are K; else 1/n of one, with n workers on every GPU, so
+    that the fractions fit whole GPUs (3 workers on 2 GPUs get 0.5 each, not 0.67)."""
+    whole = int(num_gpus)
+    if whole >= num_models:
+        return 1.0
+    if whole == 0:
+        return 0.0
+    per_gpu = math.ceil(num_models / whole)
+    return math.floor(10_000 / per_gpu) / 10_000  # Ray takes GPU fractions to 4 decimals
+
+
+def largest_node_cpus() -> float:
+    """The most CPUs any alive node of the connected cluster has."""
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+
+
+def worker_layout(
+    config: Config, cluster: dict[str, float], largest_node_cpus: float | None = None,
+    num_workers: int | None = None,
+) -> tuple[list[list[int]], dict[str, float], bool]:  # fmt: skip
+    """Which networks each worker holds, one worker's resources, and whether it fuses.
+
+    Fused (``--fuse on``, or ``auto`` with GPUs): one worker per GPU, up to K, holding an
+    even, contiguous share of the networks (K = 8 on 2 GPUs: two workers of four), or one
+    worker for all of them on CPUs. Unfused: one worker per network, as before.
+    ``num_workers`` fixes the count (a Tune trial's placement group already has it).
+    """
+    k, gpus = config.population.num_models, int(cluster.get("GPU", 0))
+    fuse = config.population.fuse
+    unfusable = (
+        config.population.asynchronous
+        or config.model.compile
+        or config.graft.bn_recalibrate_batches > 0
+    )
+    if fuse == "off" or (fuse == "auto" and not gpus) or unfusable:
+        return [[i] for i in range(k)], worker_resources(config, cluster, largest_node_cpus), False
+    count = num_workers or (min(gpus, k) if gpus else 1)
+    groups = [list(range(k))[w * k // count : (w + 1) * k // count] for w in range(count)]
+    cpus = cluster.get("CPU", 1) / count
+    if largest_node_cpus:
+        cpus = min(cpus, largest_node_cpus)
+    cpus = config.population.cpus_per_worker or max(0.01, int(cpus * 100) / 100)
+    if gpus:
+        return groups, {"CPU": min(1.0, cpus), "GPU": 1.0}, True
+    return groups, {"CPU": cpus}, True
