@@ -26,6 +26,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from graftune.config import Config, ConfigError
+
 DEFAULT_STORE = "mlflow.db"  # SQLite file in the working directory: MLflow 3 has no ./mlruns store
 PARENT_TAG = "mlflow.parentRunId"
 CHECKPOINT_TAG = "graftune.tracking.checkpoint"
@@ -51,7 +53,7 @@ def open_store(uri: str = "") -> MlflowClient:
         client = MlflowClient(resolved)
         client.search_experiments(max_results=1)
     except Exception as error:  # MLflow raises a different type for each kind of store
-        raise ValueError(
+        raise ConfigError(
             f"--tracking-uri {resolved!r}: MLflow cannot open it ({type(error).__name__}); use "
             "sqlite:///PATH.db, http(s)://HOST:PORT, or leave it empty for ./mlflow.db"
         ) from None
@@ -65,10 +67,18 @@ def browse_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
+def open_tracker(config: Config, run_id: str = "", parent_run_id: str = "") -> Tracker:
+    """The tracker of a population run: a new MLflow run for ``config``, or the stopped run
+    ``run_id`` going on."""
+    t = config.tracking
+    return Tracker(t.tracking_uri, t.experiment, t.run_name, run_id, parent_run_id)
+
+
 class Tracker:
     """One MLflow run: params, per-round metrics, tables, plots, weights, models, inputs,
     system metrics and a description."""
 
+    enabled = True  # a NullTracker says False: nothing is logged, so nothing is prepared
     monitor = None  # the system metrics sampler, while it runs
 
     def __init__(
@@ -81,8 +91,8 @@ class Tracker:
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
-        if run_id:  # resume: the same run goes on
-            self.run_id = self.client.get_run(run_id).info.run_id
+        if run_id:  # resume: the same run goes on (the caller has read it already)
+            self.run_id = run_id
             self.client.update_run(self.run_id, status="RUNNING")
             return
         found = self.client.get_experiment_by_name(experiment)
