@@ -61,13 +61,13 @@ def table_specs(model: str, num_models: int) -> dict[str, TableSpec]:
                 Arm(f"{num_models} independent networks", none),
                 Arm(f"{num_models} grafted networks", graft),
             ],
-        ),  # fmt: skip
+        ),
         "table1": TableSpec(
             "Supplement Table 1: IoU of invalid-filter positions of two "
             "independently trained networks (conv layers 5, 10, 15)",
             [Arm("two independent networks", {**none, "num_models": 2})],
             measure="iou",
-        ),  # fmt: skip
+        ),
         "table2": TableSpec(
             "Supplement Table 2: filter level vs layer level",
             pair(
@@ -83,7 +83,7 @@ def table_specs(model: str, num_models: int) -> dict[str, TableSpec]:
                 ("Equation (5)", "Equation (6)"),
                 ({**graft, "entropy_form": "filter_sum"}, graft),
             ),
-        ),  # fmt: skip
+        ),
         "table4": TableSpec(
             "Supplement Table 4: fixed vs adaptive weighting",
             pair(
@@ -91,14 +91,14 @@ def table_specs(model: str, num_models: int) -> dict[str, TableSpec]:
                 ("fixed weighting", "adaptive weighting"),
                 ({**graft, "weighting": "fixed"}, graft),
             ),
-        ),  # fmt: skip
+        ),
         "table5": TableSpec(
             "Supplement Table 5: A and c (paper: MobileNetV2)",
             [
                 Arm(f"A={a}, c={c}", {**graft, "A": a, "c": c}, {"cifar10": p10, "cifar100": p100})
                 for a, c, p10, p100 in paper.A_AND_C
             ],
-        ),  # fmt: skip
+        ),
         "population": TableSpec(
             "Population size: grafting vs an ensemble of as many independent networks",
             [
@@ -107,12 +107,12 @@ def table_specs(model: str, num_models: int) -> dict[str, TableSpec]:
                 for label, o in (("grafted", graft), ("independent (ensemble)", none))
             ],
             measure="ensemble",
-        ),  # fmt: skip
+        ),
         "invalid": TableSpec(
             "Invalid filters (l1 norm below 0.1 and 0.01): baseline vs grafted",
             [Arm("independent", none), Arm("grafted", graft)],
             measure="invalid",
-        ),  # fmt: skip
+        ),
     }
 
 

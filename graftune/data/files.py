@@ -147,8 +147,10 @@ class _Listing:
             shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
             log.warning(
                 "graftune: skipped %d non-image files in '%s' (%s)",
-                len(self.skipped), self.data_dir, shown,
-            )  # fmt: skip
+                len(self.skipped),
+                self.data_dir,
+                shown,
+            )
 
 
 def _list_folder(path: Path, data_dir: str, limit: int) -> tuple[_Listing, list[str]]:

@@ -160,9 +160,16 @@ class Tracker:
         self.client.log_inputs(self.run_id, datasets=datasets)
 
     def log_model(
-        self, name: str, module: Any, example: Any, signature: Any, step: int,
-        tags: dict[str, str], params: dict[str, Any], metrics: list[str],
-    ) -> str:  # fmt: skip
+        self,
+        name: str,
+        module: Any,
+        example: Any,
+        signature: Any,
+        step: int,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        metrics: list[str],
+    ) -> str:
         """``module`` as MLflow PyTorch model ``name`` of this run; returns its model id.
 
         What ``mlflow.pytorch.log_model`` does, through this run's client: that function
@@ -183,15 +190,21 @@ class Tracker:
             with tempfile.TemporaryDirectory() as tmp:
                 # The MLmodel fields that log_model writes, so runs:/ and models:/ URIs resolve.
                 info = Model(
-                    artifact_path=model.artifact_location, model_uuid=model.model_id,
-                    run_id=self.run_id, model_id=model.model_id,
-                )  # fmt: skip
+                    artifact_path=model.artifact_location,
+                    model_uuid=model.model_id,
+                    run_id=self.run_id,
+                    model_id=model.model_id,
+                )
                 mlflow.pytorch.save_model(
-                    module, Path(tmp) / "model", mlflow_model=info, signature=signature,
-                    input_example=example, serialization_format="pt2",
+                    module,
+                    Path(tmp) / "model",
+                    mlflow_model=info,
+                    signature=signature,
+                    input_example=example,
+                    serialization_format="pt2",
                     # given, not inferred: inferring loads the model in a subprocess (seconds)
                     pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
-                )  # fmt: skip
+                )
                 self.client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
         except BaseException:
             self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
@@ -220,10 +233,12 @@ class Tracker:
         # model up through the global tracking URI, not this client's store. A SQL registry
         # keeps no model id either, so a tag says which logged model (and network) it is.
         version = self.client.create_model_version(
-            name, model.artifact_location, run_id=model.source_run_id,
+            name,
+            model.artifact_location,
+            run_id=model.source_run_id,
             tags={"graftune.model_id": model_id, "graftune.network": model.name},
             model_id=model_id,
-        )  # fmt: skip
+        )
         return int(version.version)
 
     def start_system_metrics(self, resume: bool = False) -> None:
