@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from graftune.data.files import DataError
+from graftune.data.errors import DataError
 
 PAD = 4  # RandomCrop(32, padding=4), the paper's (and every CIFAR ResNet's) augmentation
 
