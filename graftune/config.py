@@ -29,9 +29,7 @@ def setting(default: Any, help: str) -> Any:
 
 @dataclass
 class ModelConfig:
-    model: str = setting(
-        "resnet32", "a name from graftune.models.list_models(); the paper's main net"
-    )
+    model: str = setting("resnet32", "a name from graftune.models.list_models()")
     # NHWC: faster for resnet20 on the CPUs we measured (BENCHMARKS.md)
     channels_last: bool = setting(True, "NHWC memory layout for the network and its batches")
     # off: slower for resnet20 on the machines we measured (BENCHMARKS.md)
@@ -46,23 +44,15 @@ class DataConfig:
     dataset: Literal["cifar10", "cifar100", "imagefolder", "synthetic"] = setting(
         "cifar10", "imagefolder reads --data-dir, a folder or .zip with train/ and test/"
     )
-    data_dir: str = setting(
-        "./data", "torchvision's root, or the image folder / zip with train/, test/"
-    )
-    download: bool = setting(
-        True, "let torchvision fetch CIFAR when it is missing and we are online"
-    )
-    subset: int = setting(
-        0, "train images to use (a fixed random subset, same for all nets); 0 = all"
-    )
+    data_dir: str = setting("./data", "torchvision's root, or the image folder or zip")
+    download: bool = setting(True, "let torchvision fetch CIFAR when it is missing")
+    subset: int = setting(0, "train images to use (one fixed random subset); 0 = all")
     test_subset: int = setting(0, "test images to use; 0 = all")
     synthetic_size: int = setting(512, "train images of the synthetic set (test set is a quarter)")
     synthetic_classes: int = setting(10, "classes of the synthetic set")
     # 16 MiB: room for a 2,300 x 2,300 RGB image, far more than a CNN here trains on; a zip or
     # PNG bomb declares more, and is refused from its header before anything is inflated.
-    max_image_bytes: int = setting(
-        16 * 2**20, "bytes: largest image file, and image decoded (W*H*3)"
-    )
+    max_image_bytes: int = setting(16 * 2**20, "largest image file, and image decoded (W*H*3)")
 
 
 @dataclass
@@ -78,11 +68,9 @@ class TrainConfig:
     step_epochs: int = setting(60, "step schedule: epochs between decays")
     step_gamma: float = setting(0.1, "step schedule: factor of each decay")
     diff_lr: bool = setting(
-        True, "k-th of K nets starts at lr*(1+cos(pi*(K-k)/K))/2: keeps K=2 diverse"
+        True, "net k of K starts at lr*(1+cos(pi*(K-k)/K))/2: keeps K=2 diverse"
     )
-    seed: int = setting(
-        0, "base seed; network k uses seed + k for init, data order and augmentation"
-    )
+    seed: int = setting(0, "network k uses seed + k for init, data order and augmentation")
     # bigger batches spill a CPU's caches (slower there) but may suit a GPU: measure first
     eval_batch_size: int = setting(256, "images per evaluation batch")
 
@@ -105,30 +93,20 @@ class GraftConfig:
     entropy_form: Literal["layer", "filter_sum"] = setting(
         "layer", "layer (Eq. 6, whole unit at once) | filter_sum (Eq. 5)"
     )
-    invalid_share: float = setting(
-        0.2, "filter level: lowest-entropy share of filters that is grafted"
-    )
+    invalid_share: float = setting(0.2, "filter level: lowest-entropy share that is grafted")
     interval_epochs: float = setting(1.0, "train this many epochs between grafts ...")
     interval_steps: int = setting(0, "... or this many optimizer steps, when > 0")
     start_round: int = setting(1, "first round that ends with a graft (later = train apart first)")
-    bn_recalibrate_batches: int = setting(
-        0, "re-estimate BN statistics on this many batches after a graft"
-    )
-    eval_after_graft: bool = setting(
-        False, "also log net{k}/test_acc_grafted, right after each graft"
-    )
+    bn_recalibrate_batches: int = setting(0, "batches that re-estimate BN after a graft")
+    eval_after_graft: bool = setting(False, "also log net{k}/test_acc_grafted after each graft")
 
 
 @dataclass
 class PopulationConfig:
     num_models: int = setting(2, "K, the size of the ring")
-    placement: Literal["PACK", "SPREAD"] = setting(
-        "PACK", "how the placement group lays out the workers"
-    )
+    placement: Literal["PACK", "SPREAD"] = setting("PACK", "how the workers are laid out")
     cpus_per_worker: float = setting(0.0, "0 = share the cluster's CPUs evenly among the workers")
-    gpus_per_worker: float = setting(
-        -1.0, "-1 = a GPU each if there are K, else an even share; 0 = CPU"
-    )
+    gpus_per_worker: float = setting(-1.0, "-1 = a GPU each if there are K, else a share; 0 = CPU")
     checkpoint_every: int = setting(1, "rounds between checkpoints on disk")
     checkpoint_dir: str = setting("./checkpoints", "where population checkpoints are written")
     max_failures: int = setting(3, "worker deaths survived per run before giving up")
@@ -147,12 +125,8 @@ class TrackingConfig:
     run_name: str = setting("", "MLflow run name (default: MLflow picks one)")
     log_weights: bool = setting(True, "log the final weights of every network as an artifact")
     log_models: bool = setting(True, "log each final network as an MLflow model net{k}")
-    register_model: str = setting(
-        "", "register the best network under this name in the model registry"
-    )
-    system_metrics: bool = setting(
-        True, "MLflow's CPU, memory and GPU metrics of the driver's node"
-    )
+    register_model: str = setting("", "register the best network under this name")
+    system_metrics: bool = setting(True, "MLflow's CPU, memory and GPU metrics of the driver")
 
 
 @dataclass
@@ -189,12 +163,6 @@ def setting_choices() -> dict[str, tuple[str, ...]]:
             if typing.get_origin(hint) is Literal:
                 choices[name] = typing.get_args(hint)
     return choices
-
-
-def setting_help(section: str, name: str) -> str:
-    """The ``--help`` text of a setting, from its field's metadata."""
-    fields = {f.name: f for f in dataclasses.fields(getattr(Config(), section))}
-    return fields[name].metadata.get("help", "")
 
 
 def flag_name(setting: str) -> str:

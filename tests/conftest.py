@@ -14,6 +14,18 @@ from graftune.data import load_dataset
 from graftune.tracking.experiment import run_experiment
 
 
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if a command starts Ray: bad input must stop before it."""
+    from graftune.commands import reproduce, tune
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started for bad input")
+
+    for command in (run, tune, reproduce):
+        monkeypatch.setattr(command, "init_ray", refuse)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for all population tests: starting Ray costs seconds on 2 cores."""

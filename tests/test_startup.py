@@ -12,15 +12,6 @@ from graftune.commands import reproduce, run, startup
 from graftune.data import DataError
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray was started for bad input")
-
-    monkeypatch.setattr(run, "init_ray", refuse)
-    monkeypatch.setattr(reproduce, "init_ray", refuse)
-
-
 def failing_data(monkeypatch, error: Exception) -> None:
     def load(config):
         raise error
