@@ -1,8 +1,10 @@
-"""Every setting of a graftune run, as commented dataclasses, validated in one place.
+"""Every setting of a graftune run, as dataclass fields, validated in one place.
 
 The same field names are the command-line flags (``num_models`` -> ``--num-models``), the keys
 of a YAML config file (flat, or nested by section), the MLflow params (``"graft/A"``) and the
-Tune search-space keys, so the four never drift apart.
+Tune search-space keys, so the four never drift apart. A field's ``Literal[...]`` annotation
+is its list of choices and its ``help`` metadata the text of ``--help``; comments beside a
+field give the reasons for a default that do not belong in ``--help``.
 """
 
 from __future__ import annotations
