@@ -75,6 +75,10 @@ class TrainConfig:
     seed: int = setting(0, "network k uses seed + k for init, data order and augmentation")
     # bigger batches spill a CPU's caches (slower there) but may suit a GPU: measure first
     eval_batch_size: int = setting(256, "images per evaluation batch")
+    # Online distillation: loss += W * T^2 * KL(teacher || student), the teacher being the ring
+    # predecessor's trained weights received at the last graft (frozen, eval mode).
+    distill_weight: float = setting(0.0, "W: weight of the distillation loss; 0 = off")
+    distill_temperature: float = setting(4.0, "T: softens both outputs before the KL")
 
 
 @dataclass
@@ -273,6 +277,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": (lambda v: v > 0, "must be > 0"),
     "momentum": (lambda v: 0.0 <= v < 1.0, "must lie in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "distill_weight": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
+    "distill_temperature": (lambda v: v > 0, "must be > 0"),
     "step_epochs": (lambda v: v >= 1, "must be >= 1"),
     "step_gamma": (lambda v: 0.0 < v <= 1.0, "must lie in (0, 1]"),
     "subset": (lambda v: v >= 0, "must be >= 0 (0 = all images)"),
