@@ -547,9 +547,10 @@ def readme_commands(prefix: str) -> list[list[str]]:
 def test_readme_command_lines_use_flags_that_exist():
     from graftune.commands import run, tune
 
-    for module in (run, tune):
-        commands = readme_commands(f"python -m {module.__name__}")
-        assert commands, f"cluster/README.md shows no python -m {module.__name__} command"
+    # the entry points users type (graftune.run), not the modules behind them
+    for entry, module in (("graftune.run", run), ("graftune.tune", tune)):
+        commands = readme_commands(f"python -m {entry}")
+        assert commands, f"cluster/README.md shows no python -m {entry} command"
         for args in commands:
             module.build_parser().parse_args(args)  # a wrong flag exits with code 2
     submits = readme_commands("ray job submit")
