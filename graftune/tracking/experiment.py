@@ -178,7 +178,7 @@ def run_experiment(
         result.best = best_network(result.final)
         result.states = population.states()
         if tracker.enabled:  # plots and exported models are made only to be logged
-            _log_final_artifacts(tracker, config, population, history, records)
+            _log_final_artifacts(tracker, config, result.states, history, records)
             _log_final_networks(tracker, config, data, result.states, result)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -235,14 +235,14 @@ def _payload(config, round_index, population, history, records) -> dict[str, Any
     }
 
 
-def _log_final_artifacts(tracker, config, population, history, records) -> None:
+def _log_final_artifacts(tracker, config, states, history, records) -> None:
     tracker.log_table(records, RECORDS_ARTIFACT)
     with tempfile.TemporaryDirectory() as tmp:
         plots.write_all(history, records, Path(tmp))
         tracker.log_artifacts(tmp, "plots")
     if config.tracking.log_weights:
         with tempfile.TemporaryDirectory() as tmp:
-            for k, state in enumerate(population.states()):
+            for k, state in enumerate(states):
                 torch.save(state["model"], Path(tmp) / f"net{k}.pt")
             tracker.log_artifacts(tmp, "weights")
 
