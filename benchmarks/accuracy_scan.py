@@ -1,5 +1,6 @@
-"""Many population settings at once on one machine, through graftune's Population (Ray
-actors, weights through the object store) without MLflow: the search of issue 6.
+"""Many population settings at once on one machine, through graftune's own round loop
+(``run_experiment`` with a ``NullTracker``: Ray actors, weights through the object store, no
+MLflow and no checkpoints).
 
 On a GPU every worker takes a share of it (--gpus-per-worker) and several populations
 train side by side; on CPUs they share the cores. Each arm is a name such as ``single``,
@@ -25,7 +26,8 @@ import ray
 
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
-from graftune.population.population import Population
+from graftune.tracking.experiment import run_experiment
+from graftune.tracking.null_tracker import NullTracker
 
 
 def arm_settings(arm: str) -> dict:
@@ -49,33 +51,49 @@ def arm_settings(arm: str) -> dict:
     return settings
 
 
-def run_arm(arm: str, seed: int, base: dict, data_ref, labels, deadline: float) -> dict:
+class Deadline(Exception):
+    """--deadline-s has passed: the arm stops after the round it has finished."""
+
+
+def run_arm(arm: str, seed: int, base: dict, data, deadline: float) -> dict:
     config = with_overrides(Config(), {**base, **arm_settings(arm), "seed": seed})
     start = time.perf_counter()
-    population = Population(config, data_ref, labels)
-    population.start(ready_timeout_s=3600)  # queued behind the runs already on the machine
-    try:
-        devices = sorted({info["device"] for info in population.info})
-        result = None
-        for round_index in range(1, population.num_rounds + 1):
-            if time.time() > deadline:
-                break
-            result = population.run_round(round_index)
-    finally:
-        population.shutdown()
-    done = result is not None and result.round == population.num_rounds
+    seen = {"devices": [], "rounds": 0, "result": None}
+
+    def on_start(population, num_rounds: int) -> None:
+        seen["devices"] = sorted({info["device"] for info in population.info})
+        seen["rounds"] = num_rounds
+
+    def on_round(result) -> None:
+        seen["result"] = result
+        if result.round < seen["rounds"] and time.time() > deadline:
+            raise Deadline
+
+    try:  # queued behind the runs already on the machine: wait up to an hour for resources
+        run_experiment(
+            config, data, on_round, on_start, tracker=NullTracker(), ready_timeout_s=3600
+        )
+    except Deadline:
+        pass
+    result = seen["result"]
+    done = result is not None and result.round == seen["rounds"]
     return {
-        "arm": arm, "seed": seed, "finished": done,
-        "rounds": result.round if result else 0, "devices": devices,
+        "arm": arm,
+        "seed": seed,
+        "finished": done,
+        "rounds": result.round if result else 0,
+        "devices": seen["devices"],
         "test_acc": [n["test_acc"] for n in result.networks] if result else [],
         **(result.population if result else {}),
         "wall_s": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| arm | seed | per-network test acc (%) | mean | best | ensemble | wall (s) |",
-             "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| arm | seed | per-network test acc (%) | mean | best | ensemble | wall (s) |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: (r["arm"], r["seed"])):
         accs = ", ".join(f"{100 * a:.2f}" for a in r["test_acc"])
         mark = "" if r["finished"] else f" (stopped at round {r['rounds']})"
@@ -84,13 +102,18 @@ def table(rows: list[dict]) -> str:
             f"| {100 * r.get('best_test_acc', 0):.2f} | {100 * r.get('ensemble_test_acc', 0):.2f} "
             f"| {r['wall_s']:.0f} |"
         )
-    lines += ["", "| arm | seeds | mean over seeds | best over seeds | ensemble over seeds |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "| arm | seeds | mean over seeds | best over seeds | ensemble over seeds |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for arm in sorted({r["arm"] for r in rows}):
         done = [r for r in rows if r["arm"] == arm and r["finished"]]
         if done:
-            cells = [100 * statistics.mean(r[k] for r in done)
-                     for k in ("mean_test_acc", "best_test_acc", "ensemble_test_acc")]  # fmt: skip
+            cells = [
+                100 * statistics.mean(r[k] for r in done)
+                for k in ("mean_test_acc", "best_test_acc", "ensemble_test_acc")
+            ]
             lines.append(f"| {arm} | {len(done)} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines)
 
@@ -113,22 +136,29 @@ def main() -> None:
     parser.add_argument("--out", default="accuracy_scan.jsonl")
     args = parser.parse_args()
     deadline = time.time() + (args.deadline_s or 1e9)
-    base = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
-            "subset": args.subset, "epochs": args.epochs, "channels_last": args.channels_last,
-            "download": False, "gpus_per_worker": args.gpus_per_worker,
-            "cpus_per_worker": args.cpus_per_worker}  # fmt: skip
+    base = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "subset": args.subset,
+        "epochs": args.epochs,
+        "channels_last": args.channels_last,
+        "download": False,
+        "gpus_per_worker": args.gpus_per_worker,
+        "cpus_per_worker": args.cpus_per_worker,
+    }
     for arm in args.arms:
         arm_settings(arm)  # bad names fail before any work
     data = load_dataset(with_overrides(Config(), base).data)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True)
     print(f"ray resources: {ray.cluster_resources()}", flush=True)
-    data_ref, rows, lock = ray.put(data), [], threading.Lock()
+    rows, lock = [], threading.Lock()
 
     def job(arm: str, seed: int) -> None:
         if time.time() > deadline:
             return
         try:
-            row = run_arm(arm, seed, base, data_ref, data.test_labels, deadline)
+            row = run_arm(arm, seed, base, data, deadline)
         except Exception as error:  # noqa: BLE001 (one failed arm must not end the scan)
             print(f"{arm} seed {seed} failed: {type(error).__name__}: {error}", flush=True)
             return
@@ -136,9 +166,12 @@ def main() -> None:
             rows.append(row)
             with open(args.out, "a") as out:
                 out.write(json.dumps(row) + "\n")
-        print(f"{arm} seed {seed}: mean {row.get('mean_test_acc', 0):.4f} "
-              f"ensemble {row.get('ensemble_test_acc', 0):.4f} rounds {row['rounds']} "
-              f"on {row['devices']} in {row['wall_s']:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"{arm} seed {seed}: mean {row.get('mean_test_acc', 0):.4f} "
+            f"ensemble {row.get('ensemble_test_acc', 0):.4f} rounds {row['rounds']} "
+            f"on {row['devices']} in {row['wall_s']:.0f} s",
+            flush=True,
+        )
 
     with ThreadPoolExecutor(args.parallel) as pool:  # seeds inner: each arm's pair together
         for future in [pool.submit(job, a, s) for a in args.arms for s in args.seeds]:

@@ -44,9 +44,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     # One epoch of the synthetic set is one round: --rounds epochs give --rounds rounds.
-    base = {"model": args.model, "num_models": args.num_models, "dataset": "synthetic",
-            "synthetic_size": 128 * args.steps, "test_subset": 512, "epochs": args.rounds,
-            "interval_steps": args.steps, "max_lead": args.max_lead}  # fmt: skip
+    base = {
+        "model": args.model,
+        "num_models": args.num_models,
+        "dataset": "synthetic",
+        "synthetic_size": 128 * args.steps,
+        "test_subset": 512,
+        "epochs": args.rounds,
+        "interval_steps": args.steps,
+        "max_lead": args.max_lead,
+    }
     data = load_dataset(with_overrides(Config(), base).data)
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     data_ref = ray.put(data)
@@ -56,8 +63,10 @@ def main() -> None:
             settings = {**base, "asynchronous": mode == "asynchronous"}
             times[mode].append(wall_time(settings, data_ref, data.test_labels))
     sync, free = (statistics.median(times[m]) for m in times)
-    print(f"{args.num_models} x {args.model} on {args.cpus} cores, {args.rounds} rounds of "
-          f"{args.steps} steps, max_lead {args.max_lead}, median of {args.repeats}")  # fmt: skip
+    print(
+        f"{args.num_models} x {args.model} on {args.cpus} cores, {args.rounds} rounds of "
+        f"{args.steps} steps, max_lead {args.max_lead}, median of {args.repeats}"
+    )
     print("| mode | wall (s) | all runs (s) |\n|---|---:|---|")
     for mode, values in times.items():
         runs = ", ".join(f"{v:.1f}" for v in values)

@@ -72,21 +72,34 @@ def main() -> None:
         f"{limit} per repeat, batch {args.batch_size}, torch threads {args.threads}, "
         f"device {args.device}, torch {torch.__version__}"
     )
-    per_image = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(data.mean, data.std),
-    ])  # fmt: skip
+    per_image = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(data.mean, data.std),
+        ]
+    )
     pil = PILImages(data.train_images, data.train_labels, per_image)
     on_device = TrainBatches(
-        data.train_images, data.train_labels, args.batch_size, data.mean, data.std,
-        device=args.device, seed=0,
-    )  # fmt: skip
+        data.train_images,
+        data.train_labels,
+        args.batch_size,
+        data.mean,
+        data.std,
+        device=args.device,
+        seed=0,
+    )
 
     def loader(workers: int) -> DataLoader:
         return DataLoader(
-            pil, batch_size=args.batch_size, shuffle=True, drop_last=True,
-            num_workers=workers, persistent_workers=workers > 0,
-        )  # fmt: skip
+            pil,
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
     ours = "graftune TrainBatches (uint8 on device)"
     sides = {

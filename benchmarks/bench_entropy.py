@@ -67,8 +67,10 @@ def main() -> None:
         model = create_model(name)
         state = model.state_dict()
         weights = [state[u.weight].to(args.device) for u in find_graft_units(model)]
-        forms = [("layer (Eq. 6)", loop_entropy, layer_entropy),
-                 ("filter-sum (Eq. 5)", loop_filter_sum, filter_sum_entropy)]  # fmt: skip
+        forms = [
+            ("layer (Eq. 6)", loop_entropy, layer_entropy),
+            ("filter-sum (Eq. 5)", loop_filter_sum, filter_sum_entropy),
+        ]
         for form, slow, fast in forms:
             for w in weights:  # equal values first, then time
                 assert abs(slow(w) - fast(w)) < 1e-3 * max(1.0, abs(slow(w))), (name, form)

@@ -112,8 +112,10 @@ def main() -> None:
         for name, fn in sides.items():
             times[name].append(time_it(fn))
     size_mb = sum(v.nbytes for v in ray.get(actors[0].snapshot.remote()).values()) / 1e6
-    print(f"K={K} x {args.model}, snapshot {size_mb:.1f} MB per network, "
-          f"median of {args.repeats} (ms)")  # fmt: skip
+    print(
+        f"K={K} x {args.model}, snapshot {size_mb:.1f} MB per network, "
+        f"median of {args.repeats} (ms)"
+    )
     print("| what | median (ms) | min (ms) |")
     print("|---|---:|---:|")
     for name, values in times.items():

@@ -58,11 +58,15 @@ def main() -> None:
         base = with_overrides(
             Config(),
             {
-                "model": model, "dataset": "synthetic", "synthetic_size": 4096,
-                "batch_size": args.batch_size, "epochs": 100, "interval_steps": args.steps,
+                "model": model,
+                "dataset": "synthetic",
+                "synthetic_size": 4096,
+                "batch_size": args.batch_size,
+                "epochs": 100,
+                "interval_steps": args.steps,
                 "num_models": k,
             },
-        )  # fmt: skip
+        )
         data_ref = ray.put(load_dataset(base.data))
         for precision in precisions:
             flat = flatten(with_overrides(base, {"precision": precision}))

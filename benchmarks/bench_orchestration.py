@@ -60,10 +60,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    config = with_overrides(Config(), {
-        "model": args.model, "num_models": 2, "dataset": "synthetic", "synthetic_size": 8192,
-        "batch_size": 128, "interval_steps": args.steps, "epochs": 10, "cpus_per_worker": 1,
-    })  # fmt: skip
+    config = with_overrides(
+        Config(),
+        {
+            "model": args.model,
+            "num_models": 2,
+            "dataset": "synthetic",
+            "synthetic_size": 8192,
+            "batch_size": 128,
+            "interval_steps": args.steps,
+            "epochs": 10,
+            "cpus_per_worker": 1,
+        },
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     data = load_dataset(config.data)
     plain, pop = [], []
@@ -76,10 +85,14 @@ def main() -> None:
     print(f"K=2 x {args.model}, batch 128, {args.steps} steps per measurement, 1 thread each")
     print("| side | images/s per network (median) | all runs |")
     print("|---|---:|---|")
-    print(f"| plain PyTorch processes | {statistics.median(plain):.0f} | "
-          f"{', '.join(f'{r:.0f}' for r in plain)} |")  # fmt: skip
-    print(f"| graftune population (Ray actors) | {statistics.median(pop):.0f} | "
-          f"{', '.join(f'{r:.0f}' for r in pop)} |")  # fmt: skip
+    print(
+        f"| plain PyTorch processes | {statistics.median(plain):.0f} | "
+        f"{', '.join(f'{r:.0f}' for r in plain)} |"
+    )
+    print(
+        f"| graftune population (Ray actors) | {statistics.median(pop):.0f} | "
+        f"{', '.join(f'{r:.0f}' for r in pop)} |"
+    )
     print(f"ratio population / plain: {statistics.median(pop) / statistics.median(plain):.3f}")
 
 

@@ -62,12 +62,15 @@ def main() -> None:
     results = {name: ([], [], []) for name in variants}
     for _ in range(args.repeats):
         for name, extra in variants.items():
-            for column, value in zip(results[name], rates({**base, **extra}, args.steps, data,
-                                                          args.device)):  # fmt: skip
+            for column, value in zip(
+                results[name], rates({**base, **extra}, args.steps, data, args.device)
+            ):
                 column.append(value)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "1 CPU thread"
-    print(f"{args.model} on {where}, torch {torch.__version__}, batch 128, {args.steps} steps, "
-          f"median of {args.repeats}")  # fmt: skip
+    print(
+        f"{args.model} on {where}, torch {torch.__version__}, batch 128, {args.steps} steps, "
+        f"median of {args.repeats}"
+    )
     print("| variant | train img/s | eval img/s | warm-up s |")
     print("|---|---:|---:|---:|")
     for name, columns in results.items():

@@ -83,8 +83,11 @@ def run_arm(config: Config, data, device: str, paired: bool, progress: bool = Fa
         rows.append(row)
         if progress:
             means = {n: f"{100 * row[n]['mean_test_acc']:.2f}" for n, _ in halves}
-            print(f"  round {round_index}/{trainer.num_rounds} mean {means} "
-                  f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
+            print(
+                f"  round {round_index}/{trainer.num_rounds} mean {means} "
+                f"{time.time() - start:.0f}s",
+                flush=True,
+            )
     if device == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - start
@@ -109,10 +112,14 @@ def main() -> None:
     base = with_overrides(
         Config(),
         {
-            "model": args.model, "dataset": "imagefolder", "data_dir": args.data_dir,
-            "subset": args.subset, "epochs": args.epochs, "precision": args.precision,
+            "model": args.model,
+            "dataset": "imagefolder",
+            "data_dir": args.data_dir,
+            "subset": args.subset,
+            "epochs": args.epochs,
+            "precision": args.precision,
         },
-    )  # fmt: skip
+    )
     data = load_dataset(base.data)
     began = time.time()
     print("| arm | seed | side | per-network test acc (%) | mean | best | ensemble | wall (s) |")

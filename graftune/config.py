@@ -1,104 +1,138 @@
-"""Every setting of a graftune run, as commented dataclasses, validated in one place.
+"""Every setting of a graftune run, as dataclass fields, validated in one place.
 
 The same field names are the command-line flags (``num_models`` -> ``--num-models``), the keys
 of a YAML config file (flat, or nested by section), the MLflow params (``"graft/A"``) and the
-Tune search-space keys, so the four never drift apart.
+Tune search-space keys, so the four never drift apart. A field's ``Literal[...]`` annotation
+is its list of choices and its ``help`` metadata the text of ``--help``; comments beside a
+field give the reasons for a default that do not belong in ``--help``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
 
 
 class ConfigError(ValueError):
     """A setting has a value that is not allowed; the message names the setting and the fix."""
 
 
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field whose ``help`` (the ``--help`` text of its flag) lives beside it."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
-    model: str = "resnet32"  # a name from graftune.models.list_models(); the paper's main net
-    channels_last: bool = True  # NHWC layout: +16% train, +11% eval img/s for resnet20 on CPU
-    compile: bool = False  # torch.compile the network; off: resnet20 trains 15% slower with it
-    precision: str = "auto"  # auto (bf16 autocast on GPUs that have it, fp32 on CPUs) | bf16 | fp32
+    model: str = setting("resnet32", "a name from graftune.models.list_models()")
+    # NHWC: faster for resnet20 on the CPUs we measured (BENCHMARKS.md)
+    channels_last: bool = setting(True, "NHWC memory layout for the network and its batches")
+    # off: slower for resnet20 on the machines we measured (BENCHMARKS.md)
+    compile: bool = setting(False, "torch.compile the network")
+    precision: Literal["auto", "bf16", "fp32"] = setting(
+        "auto", "auto = bf16 autocast on GPUs that have it, fp32 on CPUs"
+    )
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"  # cifar10 | cifar100 | imagefolder (a dir or .zip) | synthetic
-    data_dir: str = "./data"  # torchvision's root, or the image folder / zip with train/, test/
-    download: bool = True  # let torchvision fetch CIFAR when it is missing and we are online
-    subset: int = 0  # train images to use (a fixed random subset, same for all nets); 0 = all
-    test_subset: int = 0  # test images to use; 0 = all
-    synthetic_size: int = 512  # train images of the synthetic set (test set is a quarter)
-    synthetic_classes: int = 10  # classes of the synthetic set
+    dataset: Literal["cifar10", "cifar100", "imagefolder", "synthetic"] = setting(
+        "cifar10", "imagefolder reads --data-dir, a folder or .zip with train/ and test/"
+    )
+    data_dir: str = setting("./data", "torchvision's root, or the image folder or zip")
+    download: bool = setting(True, "let torchvision fetch CIFAR when it is missing")
+    subset: int = setting(0, "train images to use (one fixed random subset); 0 = all")
+    test_subset: int = setting(0, "test images to use; 0 = all")
+    synthetic_size: int = setting(512, "train images of the synthetic set (test set is a quarter)")
+    synthetic_classes: int = setting(10, "classes of the synthetic set")
     # 16 MiB: room for a 2,300 x 2,300 RGB image, far more than a CNN here trains on; a zip or
     # PNG bomb declares more, and is refused from its header before anything is inflated.
-    max_image_bytes: int = 16 * 2**20  # bytes: largest image file, and image decoded (W*H*3)
+    max_image_bytes: int = setting(16 * 2**20, "largest image file, and image decoded (W*H*3)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200  # the authors' schedule
-    batch_size: int = 128  # per network
-    lr: float = 0.1  # peak learning rate of the last network (see diff_lr)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine (annealed per step) | step (x step_gamma every step_epochs)
-    step_epochs: int = 60
-    step_gamma: float = 0.1
-    diff_lr: bool = True  # k-th of K nets starts at lr*(1+cos(pi*(K-k)/K))/2: keeps K=2 diverse
-    seed: int = 0  # base seed; network k uses seed + k for init, data order and augmentation
-    eval_batch_size: int = 256  # bigger batches spill CPU caches (1000: 0.6x speed here)
+    epochs: int = setting(200, "the authors' schedule")
+    batch_size: int = setting(128, "per network")
+    lr: float = setting(0.1, "peak learning rate of the last network (see --diff-lr)")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "L2 penalty of SGD")
+    schedule: Literal["cosine", "step"] = setting(
+        "cosine", "cosine (annealed per step) | step (x step_gamma every step_epochs)"
+    )
+    step_epochs: int = setting(60, "step schedule: epochs between decays")
+    step_gamma: float = setting(0.1, "step schedule: factor of each decay")
+    diff_lr: bool = setting(
+        True, "net k of K starts at lr*(1+cos(pi*(K-k)/K))/2: keeps K=2 diverse"
+    )
+    seed: int = setting(0, "network k uses seed + k for init, data order and augmentation")
+    # bigger batches spill a CPU's caches (slower there) but may suit a GPU: measure first
+    eval_batch_size: int = setting(256, "images per evaluation batch")
     # Online distillation: loss += W * T^2 * KL(teacher || student), the teacher being the ring
-    # predecessor's trained weights received at the last graft (frozen, eval mode). 0 = off.
-    distill_weight: float = 0.0  # W: weight of the distillation loss; 0 = off
-    distill_temperature: float = 4.0  # T: softens both outputs before the KL
+    # predecessor's trained weights received at the last graft (frozen, eval mode).
+    distill_weight: float = setting(0.0, "W: weight of the distillation loss; 0 = off")
+    distill_temperature: float = setting(4.0, "T: softens both outputs before the KL")
 
 
 @dataclass
 class GraftConfig:
-    source: str = "network"  # network (ring predecessor) | noise (control) | none (baseline)
-    level: str = "layer"  # layer (one alpha per unit) | filter (only the invalid filters)
-    weighting: str = "adaptive"  # adaptive (Eq. 7) | fixed (alpha = fixed_alpha)
-    A: float = 0.4  # Eq. 7 amplitude: alpha lies in (0.5 - A/2, 0.5 + A/2)
-    c: float = 500.0  # Eq. 7 slope on the entropy difference (authors' code: 500)
-    fixed_alpha: float = 0.5  # alpha of fixed weighting (supplement Table 4)
-    bins: int = 10  # histogram bins of the weight entropy
-    entropy_form: str = "layer"  # layer (Eq. 6, whole unit at once) | filter_sum (Eq. 5)
-    invalid_share: float = 0.2  # filter level: lowest-entropy share of filters that is grafted
-    interval_epochs: float = 1.0  # train this many epochs between grafts ...
-    interval_steps: int = 0  # ... or this many optimizer steps, when > 0
-    start_round: int = 1  # first round that ends with a graft (later = train apart first)
-    bn_recalibrate_batches: int = 0  # re-estimate BN statistics on this many batches after a graft
-    eval_after_graft: bool = False  # also log net{k}/test_acc_grafted, right after each graft
+    source: Literal["network", "noise", "none"] = setting(
+        "network", "network (ring predecessor) | noise (control) | none (baseline)"
+    )
+    level: Literal["layer", "filter"] = setting(
+        "layer", "layer (one alpha per unit) | filter (only the invalid filters)"
+    )
+    weighting: Literal["adaptive", "fixed"] = setting(
+        "adaptive", "adaptive (Eq. 7) | fixed (alpha = fixed_alpha)"
+    )
+    A: float = setting(0.4, "Eq. 7 amplitude: alpha lies in (0.5 - A/2, 0.5 + A/2)")
+    c: float = setting(500.0, "Eq. 7 slope on the entropy difference (authors' code: 500)")
+    fixed_alpha: float = setting(0.5, "alpha of fixed weighting (supplement Table 4)")
+    bins: int = setting(10, "histogram bins of the weight entropy")
+    entropy_form: Literal["layer", "filter_sum"] = setting(
+        "layer", "layer (Eq. 6, whole unit at once) | filter_sum (Eq. 5)"
+    )
+    invalid_share: float = setting(0.2, "filter level: lowest-entropy share that is grafted")
+    interval_epochs: float = setting(1.0, "train this many epochs between grafts ...")
+    interval_steps: int = setting(0, "... or this many optimizer steps, when > 0")
+    start_round: int = setting(1, "first round that ends with a graft (later = train apart first)")
+    bn_recalibrate_batches: int = setting(0, "batches that re-estimate BN after a graft")
+    eval_after_graft: bool = setting(False, "also log net{k}/test_acc_grafted after each graft")
 
 
 @dataclass
 class PopulationConfig:
-    num_models: int = 2  # K, the size of the ring
-    placement: str = "PACK"  # PACK | SPREAD: how the placement group lays out the workers
-    cpus_per_worker: float = 0.0  # 0 = share the cluster's CPUs evenly among the workers
-    gpus_per_worker: float = -1.0  # -1 = a GPU each if there are K, else an even share; 0 = CPU
-    checkpoint_every: int = 1  # rounds between checkpoints on disk
-    checkpoint_dir: str = "./checkpoints"
-    max_failures: int = 3  # worker deaths survived per run before giving up
-    resume: str = ""  # MLflow run id of a stopped run to continue
-    asynchronous: bool = False  # no barrier: graft from the predecessor's latest snapshot
-    max_lead: int = 2  # asynchronous: rounds a network may run ahead of the slowest
-    fuse: str = "auto"  # on: a worker per device trains its networks in one step | off | auto
+    num_models: int = setting(2, "K, the size of the ring")
+    placement: Literal["PACK", "SPREAD"] = setting("PACK", "how the workers are laid out")
+    cpus_per_worker: float = setting(0.0, "0 = share the cluster's CPUs evenly among the workers")
+    gpus_per_worker: float = setting(-1.0, "-1 = a GPU each if there are K, else a share; 0 = CPU")
+    checkpoint_every: int = setting(1, "rounds between checkpoints on disk")
+    checkpoint_dir: str = setting("./checkpoints", "where population checkpoints are written")
+    max_failures: int = setting(3, "worker deaths survived per run before giving up")
+    resume: str = setting("", "MLflow run id of a stopped run to continue")
+    asynchronous: bool = setting(False, "no barrier: graft from the predecessor's latest snapshot")
+    max_lead: int = setting(2, "asynchronous: rounds a network may run ahead of the slowest")
+    fuse: Literal["auto", "on", "off"] = setting(
+        "auto", "on: a worker per device trains its networks in one step; auto = on with GPUs"
+    )
 
 
 @dataclass
 class TrackingConfig:
-    tracking_uri: str = ""  # "" = MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
-    experiment: str = "graftune"
-    run_name: str = ""
-    log_weights: bool = True  # log the final weights of every network as an artifact
-    log_models: bool = True  # each final network as an MLflow model net{k}: ~1 s each to export
-    register_model: str = ""  # register the best network under this name in the model registry
-    system_metrics: bool = True  # MLflow's CPU, memory and GPU metrics of the driver's node
+    tracking_uri: str = setting("", '"" = MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here')
+    experiment: str = setting("graftune", "MLflow experiment of the run")
+    run_name: str = setting("", "MLflow run name (default: MLflow picks one)")
+    log_weights: bool = setting(True, "log the final weights of every network as an artifact")
+    log_models: bool = setting(True, "log each final network as an MLflow model net{k}")
+    register_model: str = setting("", "register the best network under this name")
+    system_metrics: bool = setting(True, "MLflow's CPU, memory and GPU metrics of the driver")
 
 
 @dataclass
@@ -113,18 +147,6 @@ class Config:
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("cifar10", "cifar100", "imagefolder", "synthetic"),
-    "schedule": ("cosine", "step"),
-    "source": ("network", "noise", "none"),
-    "level": ("layer", "filter"),
-    "weighting": ("adaptive", "fixed"),
-    "entropy_form": ("layer", "filter_sum"),
-    "placement": ("PACK", "SPREAD"),
-    "precision": ("auto", "bf16", "fp32"),
-    "fuse": ("auto", "on", "off"),
-}
-
 
 def setting_sections(config: Config | None = None) -> dict[str, str]:
     """Map each setting name to the section that holds it, e.g. ``{"A": "graft", ...}``."""
@@ -134,6 +156,19 @@ def setting_sections(config: Config | None = None) -> dict[str, str]:
         for section in SECTIONS
         for f in dataclasses.fields(getattr(config, section))
     }
+
+
+@functools.cache
+def setting_choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of each setting annotated ``Literal[...]``, e.g. ``{"level": ("layer",
+    "filter"), ...}``: the annotation is the one list of choices."""
+    choices = {}
+    for section in SECTIONS:
+        hints = typing.get_type_hints(type(getattr(Config(), section)))
+        for name, hint in hints.items():
+            if typing.get_origin(hint) is Literal:
+                choices[name] = typing.get_args(hint)
+    return choices
 
 
 def flag_name(setting: str) -> str:
@@ -178,6 +213,27 @@ def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     return Config(**new_sections)
 
 
+def read_yaml(path: str, what: str = "--config") -> dict[str, Any]:
+    """A YAML mapping from a file; a :class:`ConfigError` naming the file when it is not one."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"{what} {path}: cannot read it ({error.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{where}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{what} {path} must hold a mapping of settings, not {type(loaded).__name__}"
+        )
+    return loaded
+
+
 def from_flat(flat: dict[str, Any]) -> Config:
     """Inverse of :func:`flatten` (values may be strings, as MLflow params come back)."""
     return with_overrides(Config(), flat)
@@ -204,6 +260,40 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{flag_name(name)} must be {wanted}, got {value!r}") from None
 
 
+# setting -> (test of its value, the rule as the error states it)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "A": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+    "c": (lambda v: v > 0, "must be > 0"),
+    "fixed_alpha": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+    "bins": (lambda v: v >= 2, "must be >= 2"),
+    "invalid_share": (lambda v: 0.0 < v < 1.0, "must lie in (0, 1)"),
+    "interval_epochs": (lambda v: v > 0, "must be > 0"),
+    "interval_steps": (lambda v: v >= 0, "must be >= 0 (0 = use epochs)"),
+    "start_round": (lambda v: v >= 1, "must be >= 1"),
+    "bn_recalibrate_batches": (lambda v: v >= 0, "must be >= 0"),
+    "epochs": (lambda v: v >= 1, "must be >= 1"),
+    "batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "momentum": (lambda v: 0.0 <= v < 1.0, "must lie in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "distill_weight": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
+    "distill_temperature": (lambda v: v > 0, "must be > 0"),
+    "step_epochs": (lambda v: v >= 1, "must be >= 1"),
+    "step_gamma": (lambda v: 0.0 < v <= 1.0, "must lie in (0, 1]"),
+    "subset": (lambda v: v >= 0, "must be >= 0 (0 = all images)"),
+    "test_subset": (lambda v: v >= 0, "must be >= 0 (0 = all images)"),
+    "synthetic_size": (lambda v: v >= 8, "must be >= 8"),
+    "synthetic_classes": (lambda v: v >= 2, "must be >= 2"),
+    "max_image_bytes": (lambda v: v >= 1, "must be >= 1"),
+    "num_models": (lambda v: v >= 1, "must be >= 1"),
+    "checkpoint_every": (lambda v: v >= 1, "must be >= 1"),
+    "cpus_per_worker": (lambda v: v >= 0, "must be >= 0 (0 = share evenly)"),
+    "max_failures": (lambda v: v >= 0, "must be >= 0"),
+    "max_lead": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
 def validate(config: Config, known_models: list[str] | None = None) -> Config:
     """Check every setting; raise :class:`ConfigError` naming the first bad one.
 
@@ -214,71 +304,21 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
         The same config, so calls can be chained.
     """
     sections = setting_sections(config)
-    for name, allowed in CHOICES.items():
+    for name, allowed in setting_choices().items():
         value = getattr(getattr(config, sections[name]), name)
         if value not in allowed:
             raise ConfigError(
                 f"{flag_name(name)} must be one of {', '.join(allowed)}; got {value!r}"
             )
-    m, d, t, g, p = config.model, config.data, config.train, config.graft, config.population
+    m, d, g, p = config.model, config.data, config.graft, config.population
     if known_models is not None and m.model not in known_models:
         raise ConfigError(
             f"--model '{m.model}' is not registered; choose from: {', '.join(known_models)}"
         )
-    checks = [
-        (0.0 <= g.A <= 1.0, "A", "must lie in [0, 1]", g.A),
-        (g.c > 0, "c", "must be > 0", g.c),
-        (0.0 <= g.fixed_alpha <= 1.0, "fixed_alpha", "must lie in [0, 1]", g.fixed_alpha),
-        (g.bins >= 2, "bins", "must be >= 2", g.bins),
-        (0.0 < g.invalid_share < 1.0, "invalid_share", "must lie in (0, 1)", g.invalid_share),
-        (g.interval_epochs > 0, "interval_epochs", "must be > 0", g.interval_epochs),
-        (
-            g.interval_steps >= 0,
-            "interval_steps",
-            "must be >= 0 (0 = use epochs)",
-            g.interval_steps,
-        ),
-        (g.start_round >= 1, "start_round", "must be >= 1", g.start_round),
-        (
-            g.bn_recalibrate_batches >= 0,
-            "bn_recalibrate_batches",
-            "must be >= 0",
-            g.bn_recalibrate_batches,
-        ),
-        (t.epochs >= 1, "epochs", "must be >= 1", t.epochs),
-        (t.batch_size >= 1, "batch_size", "must be >= 1", t.batch_size),
-        (t.eval_batch_size >= 1, "eval_batch_size", "must be >= 1", t.eval_batch_size),
-        (t.lr > 0, "lr", "must be > 0", t.lr),
-        (0.0 <= t.momentum < 1.0, "momentum", "must lie in [0, 1)", t.momentum),
-        (t.weight_decay >= 0, "weight_decay", "must be >= 0", t.weight_decay),
-        (t.distill_weight >= 0, "distill_weight", "must be >= 0 (0 = off)", t.distill_weight),
-        (
-            t.distill_temperature > 0,
-            "distill_temperature",
-            "must be > 0",
-            t.distill_temperature,
-        ),
-        (t.step_epochs >= 1, "step_epochs", "must be >= 1", t.step_epochs),
-        (0.0 < t.step_gamma <= 1.0, "step_gamma", "must lie in (0, 1]", t.step_gamma),
-        (d.subset >= 0, "subset", "must be >= 0 (0 = all images)", d.subset),
-        (d.test_subset >= 0, "test_subset", "must be >= 0 (0 = all images)", d.test_subset),
-        (d.synthetic_size >= 8, "synthetic_size", "must be >= 8", d.synthetic_size),
-        (d.synthetic_classes >= 2, "synthetic_classes", "must be >= 2", d.synthetic_classes),
-        (d.max_image_bytes >= 1, "max_image_bytes", "must be >= 1", d.max_image_bytes),
-        (p.num_models >= 1, "num_models", "must be >= 1", p.num_models),
-        (p.checkpoint_every >= 1, "checkpoint_every", "must be >= 1", p.checkpoint_every),
-        (
-            p.cpus_per_worker >= 0,
-            "cpus_per_worker",
-            "must be >= 0 (0 = share evenly)",
-            p.cpus_per_worker,
-        ),
-        (p.max_failures >= 0, "max_failures", "must be >= 0", p.max_failures),
-        (p.max_lead >= 0, "max_lead", "must be >= 0", p.max_lead),
-    ]
-    for ok, name, rule, value in checks:
-        if not ok:
-            raise ConfigError(f"{flag_name(name)} {rule}; got {value!r}")
+    values = {name: getattr(getattr(config, sections[name]), name) for name in RULES}
+    for name, (ok, rule) in RULES.items():
+        if not ok(values[name]):
+            raise ConfigError(f"{flag_name(name)} {rule}; got {values[name]!r}")
     if p.num_models < 2 and g.source == "network":
         raise ConfigError(
             f"--num-models must be >= 2 when --source is network (a ring needs a predecessor); "

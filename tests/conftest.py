@@ -14,6 +14,18 @@ from graftune.data import load_dataset
 from graftune.tracking.experiment import run_experiment
 
 
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if a command starts Ray: bad input must stop before it."""
+    from graftune.commands import reproduce, tune
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started for bad input")
+
+    for command in (run, tune, reproduce):
+        monkeypatch.setattr(command, "init_ray", refuse)
+
+
 @pytest.fixture(scope="session")
 def hold_dir(tmp_path_factory) -> Path:
     """The folder of the workers' test hook (``worker.hold_if_asked``): a file ``net<k>``
@@ -40,12 +52,12 @@ def smoke_args(tmp_path, *extra: str) -> list[str]:
     Without MLflow models: exporting them costs seconds a run (test_tracking_models.py turns
     them on with --log-models)."""
     return [
-        "--model", "tiny_cnn", "--dataset", "synthetic", "--synthetic-size", "256",
-        "--epochs", "2", "--batch-size", "64", "--lr", "0.05",
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--checkpoint-dir", str(tmp_path / "checkpoints"), "--no-log-models",
+        *"--model tiny_cnn --dataset synthetic --synthetic-size 256".split(),
+        *"--epochs 2 --batch-size 64 --lr 0.05 --no-log-models".split(),
+        *("--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        *("--checkpoint-dir", str(tmp_path / "checkpoints")),
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 # --- image folders and zips, sound or spoilt, for the data and command-line tests ---
@@ -107,6 +119,8 @@ def run_with_hook_after_round_1(config, hook):
             hook(started[0])
 
     return run_experiment(
-        config, load_dataset(config.data), on_round=after_round,
+        config,
+        load_dataset(config.data),
+        on_round=after_round,
         on_start=lambda population, rounds: started.append(population),
-    )  # fmt: skip
+    )

@@ -5,13 +5,7 @@ import pytest
 from conftest import build, good_members, png_claiming, smoke_args
 from graftune.commands import run
 
-
-@pytest.fixture(autouse=True)
-def no_ray(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray was started for bad input")
-
-    monkeypatch.setattr(run, "init_ray", refuse)
+pytestmark = pytest.mark.usefixtures("no_ray")  # conftest: bad input must not start Ray
 
 
 def bad_input(capsys, argv: list[str]) -> str:

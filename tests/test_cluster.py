@@ -45,11 +45,12 @@ START_TIMEOUT_S = 180  # nodes and the MLflow server, on a loaded 2-core machine
 JOB_TIMEOUT_S = 420
 # Settings of the caller that would point our processes elsewhere or at another token.
 FOREIGN_ENV = (
-    "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI",
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_TOKEN_PATH",
+    "MLFLOW_TRACKING_URI",
     "GRAFTUNE_CACHE",
-)  # fmt: skip
-
-
+)
 # --- processes this module starts, and only those, stopped for sure ---------------------
 
 
@@ -70,9 +71,14 @@ class Processes:
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         with open(self.log_dir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
-                args, env={**env, MARKER: self.marker}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.log_dir,
-            )  # fmt: skip
+                args,
+                env={**env, MARKER: self.marker},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.log_dir,
+            )
         self.leaders.append(proc)
         return proc
 
@@ -216,31 +222,82 @@ def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # nothing to drain: stop at once
     )
-    node = ["--num-cpus", "1", "--object-store-memory", str(150 * 2**20), "--block",
-            "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]  # fmt: skip
+    node = [
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        str(150 * 2**20),
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address",
+        "127.0.0.1",
+    ]
     procs = Processes(base)
     try:
-        procs.start("head", [
-            *RAY, "start", "--head", "--port", str(gcs), *node,
-            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-            "--ray-client-server-port", str(client), "--dashboard-agent-listen-port",
-            str(agent_head), "--temp-dir", str(ray_temp / "head"),
-        ], {**env, "HOME": str(head_home)})  # fmt: skip
-        procs.start("mlflow", [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-            "--port", str(mlflow), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", str(store / "artifacts"),
-        ], {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # fmt: skip
+        procs.start(
+            "head",
+            [
+                *RAY,
+                "start",
+                "--head",
+                "--port",
+                str(gcs),
+                *node,
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dashboard),
+                "--ray-client-server-port",
+                str(client),
+                "--dashboard-agent-listen-port",
+                str(agent_head),
+                "--temp-dir",
+                str(ray_temp / "head"),
+            ],
+            {**env, "HOME": str(head_home)},
+        )
+        procs.start(
+            "mlflow",
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{store / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(store / "artifacts"),
+            ],
+            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
         wait_for(
             lambda: "Ray runtime started" in (base / "head.log").read_text(errors="replace"),
-            START_TIMEOUT_S, "ray start --head", procs, "head",
-        )  # fmt: skip
-        procs.start("worker", [
-            *RAY, "start", "--address", f"127.0.0.1:{gcs}", *node,
-            "--dashboard-agent-listen-port", str(agent_worker),
-            "--temp-dir", str(ray_temp / "worker"),
-        ], {**env, "HOME": str(worker_home)})  # fmt: skip
+            START_TIMEOUT_S,
+            "ray start --head",
+            procs,
+            "head",
+        )
+        procs.start(
+            "worker",
+            [
+                *RAY,
+                "start",
+                "--address",
+                f"127.0.0.1:{gcs}",
+                *node,
+                "--dashboard-agent-listen-port",
+                str(agent_worker),
+                "--temp-dir",
+                str(ray_temp / "worker"),
+            ],
+            {**env, "HOME": str(worker_home)},
+        )
         dashboard_url = f"http://127.0.0.1:{dashboard}"
 
         def two_nodes_and_jobs_api() -> dict[str, bool] | None:
@@ -253,15 +310,23 @@ def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
         )
         wait_for(
             lambda: http(f"http://127.0.0.1:{mlflow}/health")[0] == 200,
-            START_TIMEOUT_S, "mlflow server", procs, "mlflow",
-        )  # fmt: skip
+            START_TIMEOUT_S,
+            "mlflow server",
+            procs,
+            "mlflow",
+        )
         local = LocalCluster(
-            dashboard_url, f"http://127.0.0.1:{mlflow}", token, env,
+            dashboard_url,
+            f"http://127.0.0.1:{mlflow}",
+            token,
+            env,
             head_node=next(n for n, head in nodes.items() if head),
             worker_node=next(n for n, head in nodes.items() if not head),
-            head_home=head_home, worker_home=worker_home, worker_temp=ray_temp / "worker",
+            head_home=head_home,
+            worker_home=worker_home,
+            worker_temp=ray_temp / "worker",
             store=store,
-        )  # fmt: skip
+        )
         yield local
     finally:
         procs.stop()
@@ -279,12 +344,16 @@ def submit(cluster: LocalCluster, *run_args: str, runtime_env: Path | None = Non
     submission_id = f"graftune-test-{uuid.uuid4().hex[:8]}"
     runtime_env = runtime_env or CLUSTER_DIR / "runtime_env.yaml"
     args = [
-        *RAY, "job", "submit", "--address", cluster.dashboard, "--no-wait",
-        "--submission-id", submission_id,
-        "--runtime-env", str(runtime_env), "--working-dir", str(REPO),
-        "--", sys.executable, "-m", "graftune.run", *run_args,
-        "--tracking-uri", cluster.mlflow, "--checkpoint-dir", str(cluster.store / "checkpoints"),
-    ]  # fmt: skip
+        *RAY,
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--no-wait",
+        *("--submission-id", submission_id, "--runtime-env", str(runtime_env)),
+        *("--working-dir", str(REPO), "--", sys.executable, "-m", "graftune.run", *run_args),
+        *("--tracking-uri", cluster.mlflow, "--checkpoint-dir", str(cluster.store / "checkpoints")),
+    ]
     done = subprocess.run(
         args, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=180
     )
@@ -345,10 +414,22 @@ def test_the_cluster_refuses_requests_without_the_token(cluster):
 @pytest.mark.slow
 def test_a_submitted_population_spreads_over_both_nodes_and_logs_to_mlflow(cluster):
     submission_id = submit(
-        cluster, "--num-models", "2", "--model", "tiny_cnn", "--dataset", "synthetic",
-        "--synthetic-size", "256", "--epochs", "2", "--batch-size", "64",
-        "--placement", "SPREAD",
-    )  # fmt: skip
+        cluster,
+        "--num-models",
+        "2",
+        "--model",
+        "tiny_cnn",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "256",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--placement",
+        "SPREAD",
+    )
     client, run = run_of(wait_for_job(cluster, submission_id), cluster)
 
     nodes = [w["node_id"] for w in json.loads(run.data.tags["graftune.workers"])]
@@ -360,9 +441,11 @@ def test_a_submitted_population_spreads_over_both_nodes_and_logs_to_mlflow(clust
     assert "plots/accuracy.png" in plots  # served by the tracking server, not a local path
 
     # The working dir that reached the other node: the code, without history or data.
-    packages = list((cluster.worker_temp / "session_latest").glob(
-        "runtime_resources/working_dir_files/_ray_pkg_*/"
-    ))  # fmt: skip
+    packages = list(
+        (cluster.worker_temp / "session_latest").glob(
+            "runtime_resources/working_dir_files/_ray_pkg_*/"
+        )
+    )
     assert packages, "the worker node got no working dir"
     files = [p for p in packages[0].rglob("*") if p.is_file()]
     assert (packages[0] / "graftune" / "run.py").is_file()
@@ -378,10 +461,24 @@ def test_workers_on_a_node_without_the_data_get_it_from_the_object_store(cluster
     write_tiny_image_zip(cluster.head_home / "tiny.zip")
     assert not (cluster.worker_home / "tiny.zip").exists()
     submission_id = submit(
-        cluster, "--num-models", "2", "--model", "tiny_cnn", "--dataset", "imagefolder",
-        "--data-dir", "~/tiny.zip", "--epochs", "1", "--batch-size", "8",
-        "--placement", "SPREAD", "--no-log-weights", "--no-log-models",
-    )  # fmt: skip
+        cluster,
+        "--num-models",
+        "2",
+        "--model",
+        "tiny_cnn",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        "~/tiny.zip",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--placement",
+        "SPREAD",
+        "--no-log-weights",
+        "--no-log-models",
+    )
     logs = wait_for_job(cluster, submission_id)
     _, run = run_of(logs, cluster)
     assert "on imagefolder (16 train / 8 test images)" in " ".join(logs.split())
@@ -407,11 +504,28 @@ def test_a_population_survives_the_loss_of_a_node_mid_round(cluster, tmp_path):
     try:
         # resnet20: its states (1 MB) live in the object store of their node, not inline
         submission_id = submit(
-            cluster, "--num-models", "2", "--model", "resnet20", "--dataset", "synthetic",
-            "--synthetic-size", "128", "--epochs", "2", "--batch-size", "64",
-            "--placement", "SPREAD", "--cpus-per-worker", "0.5", "--no-log-weights",
-            "--no-log-models", "--no-system-metrics", runtime_env=runtime_env,
-        )  # fmt: skip
+            cluster,
+            "--num-models",
+            "2",
+            "--model",
+            "resnet20",
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "128",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--placement",
+            "SPREAD",
+            "--cpus-per-worker",
+            "0.5",
+            "--no-log-weights",
+            "--no-log-models",
+            "--no-system-metrics",
+            runtime_env=runtime_env,
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all((hold / f"net{k}.held").exists() for k in (0, 1)):
             assert time.monotonic() < deadline, "the workers never started round 1"
@@ -490,9 +604,10 @@ def readme_commands(prefix: str) -> list[list[str]]:
 def test_readme_command_lines_use_flags_that_exist():
     from graftune.commands import run, tune
 
-    for module in (run, tune):
-        commands = readme_commands(f"python -m {module.__name__}")
-        assert commands, f"cluster/README.md shows no python -m {module.__name__} command"
+    # the entry points users type (graftune.run), not the modules behind them
+    for entry, module in (("graftune.run", run), ("graftune.tune", tune)):
+        commands = readme_commands(f"python -m {entry}")
+        assert commands, f"cluster/README.md shows no python -m {entry} command"
         for args in commands:
             module.build_parser().parse_args(args)  # a wrong flag exits with code 2
     submits = readme_commands("ray job submit")

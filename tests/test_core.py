@@ -112,8 +112,12 @@ def test_units_pair_conv_with_its_batchnorm():
     assert [u.name for u in units] == ["0", "3", "8"]
     assert units[1].keys[0] == "3.weight"
     assert set(units[1].keys) == {
-        "3.weight", "4.weight", "4.bias", "4.running_mean", "4.running_var"
-    }  # fmt: skip
+        "3.weight",
+        "4.weight",
+        "4.bias",
+        "4.running_mean",
+        "4.running_var",
+    }
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import build, encoded, good_members, png, png_claiming
 from graftune.config import DataConfig
-from graftune.data import DataError, files, load_dataset
+from graftune.data import DataError, decode, load_dataset
 
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip"
 CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
@@ -308,7 +308,7 @@ def test_image_size_is_checked_before_decoding(tmp_path):
 
 
 def test_images_too_many_for_memory_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(decode, "_memory_bytes", lambda: 1000)
     message = refusal(build(tmp_path, "zip", good_members()))
     assert "8 images" in message and "8x8" in message and "1.5 KiB" in message
 

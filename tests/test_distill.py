@@ -59,10 +59,15 @@ def test_the_loss_is_temperature_squared_kl_and_vanishes_for_equal_outputs():
     teacher = torch.randn(3, 8, 5)
     loss = distill_loss(student, teacher, 2.0)
     for j in range(3):  # the batched form is the per-network form, network by network
-        reference = F.kl_div(
-            F.log_softmax(student[j] / 2, -1), F.log_softmax(teacher[j] / 2, -1),
-            reduction="batchmean", log_target=True,
-        ) * 4  # fmt: skip
+        reference = (
+            F.kl_div(
+                F.log_softmax(student[j] / 2, -1),
+                F.log_softmax(teacher[j] / 2, -1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * 4
+        )
         assert float(loss[j].detach()) == pytest.approx(float(reference), rel=1e-5)
         assert float(loss[j].detach()) > 0
     same = distill_loss(student, student.detach(), 2.0)

@@ -24,11 +24,17 @@ def config_for(model: str, k: int) -> Config:
     return with_overrides(
         Config(),
         {
-            "model": model, "dataset": "synthetic", "synthetic_size": 64, "batch_size": 16,
-            "epochs": 1, "interval_steps": 2, "num_models": k, "lr": 0.01,
+            "model": model,
+            "dataset": "synthetic",
+            "synthetic_size": 64,
+            "batch_size": 16,
+            "epochs": 1,
+            "interval_steps": 2,
+            "num_models": k,
+            "lr": 0.01,
             "channels_last": False,
         },
-    )  # fmt: skip
+    )
 
 
 def distance(a: dict, b: dict) -> float:

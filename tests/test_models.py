@@ -20,8 +20,17 @@ def _input(name: str, batch: int = 2) -> torch.Tensor:
 def test_registry_lists_expected_models():
     names = list_models()
     assert names == sorted(names)
-    for name in ["resnet20", "resnet32", "resnet56", "resnet110", "resnet20_leaky",
-                 "resnet110_leaky", "mobilenetv2", "vgg16_bn", *IMAGENET]:  # fmt: skip
+    for name in [
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "resnet110",
+        "resnet20_leaky",
+        "resnet110_leaky",
+        "mobilenetv2",
+        "vgg16_bn",
+        *IMAGENET,
+    ]:
         assert is_model(name), name
     assert not is_model("nope")
 
@@ -84,8 +93,11 @@ def test_leaky_variants_use_leaky_relu_only(name: str):
     assert nn.LeakyReLU in leaky and nn.ReLU not in leaky
     plain = [type(m) for m in create_model(name).modules()]
     assert nn.ReLU in plain and nn.LeakyReLU not in plain
-    slopes = {m.negative_slope for m in create_model(name + "_leaky").modules()
-              if isinstance(m, nn.LeakyReLU)}  # fmt: skip
+    slopes = {
+        m.negative_slope
+        for m in create_model(name + "_leaky").modules()
+        if isinstance(m, nn.LeakyReLU)
+    }
     assert slopes == {0.1}
 
 

@@ -18,12 +18,7 @@ from graftune.config import Config
 SPACES = Path(__file__).resolve().parent.parent / "searchspaces"
 
 
-@pytest.fixture(autouse=True)
-def no_ray(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray was started for bad input")
-
-    monkeypatch.setattr(tune_command, "init_ray", refuse)
+pytestmark = pytest.mark.usefixtures("no_ray")  # conftest: bad input must not start Ray
 
 
 def write(tmp_path, text: str) -> str:

@@ -167,9 +167,11 @@ def test_search_registers_and_describes_its_best_trial(finished):
     state = {"name": "space", "trials": 3, "searcher": "Optuna TPE", "metric": "mean_test_acc"}
     metrics = {"round": 2, "num_rounds": 2, "mean_test_acc": 0.5, "best_test_acc": 0.6}
     summary.update(
-        trial_id="abc_00001", config={"A": 0.25, "num_models": 3}, registered=registered,
+        trial_id="abc_00001",
+        config={"A": 0.25, "num_models": 3},
+        registered=registered,
         metrics={**metrics, "ensemble_test_acc": 0.7},
-    )  # fmt: skip
+    )
     text = search_description(state, summary)
     assert "Best trial: `abc_00001`" in text and "mean 50.00%" in text
     assert "`--A 0.25 --num-models 3`" in text and "searched version 1" in text

@@ -11,8 +11,15 @@ from graftune.training.trainer import Trainer, initial_lr
 
 
 def make_trainer(index=0, **overrides) -> Trainer:
-    settings = {"model": "tiny_cnn", "dataset": "synthetic", "synthetic_size": 256,
-                "batch_size": 32, "epochs": 4, "lr": 0.05, **overrides}  # fmt: skip
+    settings = {
+        "model": "tiny_cnn",
+        "dataset": "synthetic",
+        "synthetic_size": 256,
+        "batch_size": 32,
+        "epochs": 4,
+        "lr": 0.05,
+        **overrides,
+    }
     config = with_overrides(Config(), settings)
     return Trainer(config, index, load_dataset(config.data), device="cpu")
 

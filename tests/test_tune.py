@@ -24,9 +24,17 @@ def search_args(tmp_path, space: str, *extra: str) -> list[str]:
     path = tmp_path / "space.yaml"
     path.write_text(space)
     return smoke_args(
-        tmp_path, "--search-space", str(path), "--storage-path", str(tmp_path / "tune"),
-        "--cpus-per-worker", "0.1", "--no-log-weights", "--no-system-metrics", *extra,
-    )  # fmt: skip
+        tmp_path,
+        "--search-space",
+        str(path),
+        "--storage-path",
+        str(tmp_path / "tune"),
+        "--cpus-per-worker",
+        "0.1",
+        "--no-log-weights",
+        "--no-system-metrics",
+        *extra,
+    )
 
 
 def trial_histories(tmp_path) -> list[list[dict]]:
@@ -90,8 +98,11 @@ def test_interrupted_search_resumes_its_trial_and_parent_run(tmp_path):
     with log.open("w") as output:
         search = subprocess.Popen(
             [sys.executable, "-m", "graftune.tune", *argv],
-            cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         # Poll until the trial has reported twice: its first checkpoint is then registered
         # with Tune (a trial only trains on after Tune has taken its checkpoint).
         deadline = time.monotonic() + 240

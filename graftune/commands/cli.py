@@ -1,96 +1,73 @@
-"""What the command-line tools share: a flag for every setting, YAML config files, one-line
-errors with exit code 2, and connecting to Ray."""
+"""What the command-line tools share: a flag for every setting, help from the settings' own
+fields, and bad input as one line with exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import logging
-import os
-import re
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
-from graftune.config import SECTIONS, Config, flag_name, setting_sections, with_overrides
+from graftune.config import (
+    SECTIONS,
+    Config,
+    flag_name,
+    read_yaml,
+    setting_choices,
+    setting_sections,
+    with_overrides,
+)
 
 EXIT_BAD_INPUT = 2
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming it (plus exit code 2), not a usage dump."""
+    """argparse, but a bad flag is one line naming it (plus exit code 2), not a usage dump.
+    Every command has ``--verbose``, which lets Ray's and MLflow's own messages through."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--verbose", action="store_true", help="show Ray's and MLflow's own messages too"
+        )
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see {self.prog} --help)")
 
 
-def quiet_libraries() -> None:
-    """Keep MLflow's and Ray's start-up chatter off the terminal; our own lines carry the news."""
-    for name in ("mlflow", "alembic", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr and exit code 2. Only commands call this."""
     print(f"graftune: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_BAD_INPUT)
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per setting of :class:`Config`, grouped by section, help from the defaults.
+    """One flag per setting of :class:`Config`, grouped by section; the help text is the
+    field's ``help`` metadata, the choices its ``Literal`` annotation.
 
     Every default is None so that only flags the user typed override the config file."""
     parser.add_argument("--config", help="YAML file of settings (flat or by section); flags win")
     defaults = Config()
-    comments = setting_comments()
+    choices = setting_choices()
     for section in SECTIONS:
         group = parser.add_argument_group(section)
         for f in dataclasses.fields(getattr(defaults, section)):
             if f.name in skip:
                 continue
             default = getattr(getattr(defaults, section), f.name)
-            help_text = f"{comments.get(f.name, '')} (default: {default!r})".strip()
+            text = f"{f.metadata.get('help', '')} (default: {default!r})".strip()
+            options: dict[str, Any] = {
+                "dest": f.name,
+                "default": None,
+                "help": text.replace("%", "%%"),
+            }
             if isinstance(default, bool):
-                group.add_argument(
-                    flag_name(f.name), dest=f.name, default=None,
-                    action=argparse.BooleanOptionalAction, help=help_text,
-                )  # fmt: skip
+                options["action"] = argparse.BooleanOptionalAction
             else:
-                group.add_argument(
-                    flag_name(f.name), dest=f.name, default=None, type=str, help=help_text
-                )
-
-
-def setting_comments() -> dict[str, str]:
-    """Each setting's comment in config.py, so --help says what the dataclass says."""
-    import graftune.config
-
-    source = inspect.getsource(graftune.config)
-    found = re.findall(r"^    (\w+): [^=\n]+ = [^#\n]+#\s*(.+)$", source, flags=re.MULTILINE)
-    return {name: comment.replace("%", "%%") for name, comment in found}
-
-
-def read_yaml(path: str, what: str = "--config") -> dict[str, Any]:
-    """A YAML mapping from a file, or one clear error naming the file."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ValueError(f"{what} {path}: cannot read it ({error.strerror})") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{what} {path} is not valid YAML{where}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ValueError(
-            f"{what} {path} must hold a mapping of settings, not {type(loaded).__name__}"
-        )
-    return loaded
+                options["type"] = str
+            if f.name in choices:  # shown, not enforced here: validate() names the setting
+                options["metavar"] = "{" + ",".join(choices[f.name]) + "}"
+            group.add_argument(flag_name(f.name), **options)
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -105,20 +82,3 @@ def typed_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the user typed as flags (not those from files or defaults)."""
     names = setting_sections()
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
-def init_ray(num_cpus: int | None = None) -> str:
-    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or start a local
-    Ray; returns where we run. The dashboard of a local Ray stays off and on localhost."""
-    import ray
-
-    if ray.is_initialized():
-        return "already connected"
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True, logging_level=logging.WARNING)
-        return f"cluster at {os.environ['RAY_ADDRESS']}"
-    ray.init(
-        num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-        logging_level=logging.WARNING, log_to_driver=True,
-    )  # fmt: skip
-    return "local Ray"

@@ -16,67 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graftune.commands.cli import (
-    OneLineParser,
-    add_setting_flags,
-    config_from_args,
-    fail,
-    init_ray,
-    quiet_libraries,
-)
+from graftune.commands import paper_numbers as paper
+from graftune.commands.cli import OneLineParser, add_setting_flags, config_from_args
+from graftune.commands.libraries import init_ray
+from graftune.commands.startup import Startup, check, parse
 from graftune.config import Config, ConfigError, validate, with_overrides
 from graftune.core import find_graft_units, invalid_iou
-from graftune.data import DataError, load_dataset
 from graftune.models import create_model, list_models
-from graftune.tracking.checkpoint import checkpoint_path, load_checkpoint
 
-PAPER_MODELS = {"resnet32": "ResNet32", "resnet56": "ResNet56", "resnet110": "ResNet110",
-                "mobilenetv2": "MobileNetV2"}  # fmt: skip
-
-# Supplement numbers, (model, dataset) -> top-1 %; None where the supplement has no value.
-_T2 = {
-    ("ResNet32", "cifar10"): (93.49, 93.94),
-    ("ResNet32", "cifar100"): (70.79, 71.28),
-    ("ResNet56", "cifar10"): (94.33, 94.73),
-    ("ResNet56", "cifar100"): (72.29, 72.83),
-    ("ResNet110", "cifar10"): (94.09, 94.96),
-    ("ResNet110", "cifar100"): (74.24, 75.27),
-    ("MobileNetV2", "cifar10"): (None, 94.20),
-    ("MobileNetV2", "cifar100"): (72.70, 74.15),
-}
-_T3 = {
-    ("ResNet32", "cifar10"): (93.89, 93.94),
-    ("ResNet32", "cifar100"): (70.95, 71.28),
-    ("ResNet56", "cifar10"): (94.40, 94.73),
-    ("ResNet56", "cifar100"): (72.03, 72.83),
-    ("ResNet110", "cifar10"): (94.48, 94.96),
-    ("ResNet110", "cifar100"): (74.34, 75.27),
-    ("MobileNetV2", "cifar10"): (93.41, 94.20),
-    ("MobileNetV2", "cifar100"): (72.86, 74.15),
-}
-_T4 = {
-    ("ResNet32", "cifar10"): (93.22, 93.94),
-    ("ResNet32", "cifar100"): (70.70, 71.28),
-    ("ResNet56", "cifar10"): (94.54, 94.73),
-    ("ResNet56", "cifar100"): (72.25, 72.83),
-    ("ResNet110", "cifar10"): (94.21, 94.96),
-    ("ResNet110", "cifar100"): (73.88, 75.27),
-    ("MobileNetV2", "cifar10"): (93.48, 94.20),
-    ("MobileNetV2", "cifar100"): (73.52, 74.15),
-}
-_T5 = [
-    (0.4, 1, 92.42, 71.44),
-    (0.4, 5, 92.76, 72.69),
-    (0.4, 10, 93.31, 73.26),
-    (0.4, 50, 93.24, 73.05),
-    (0.4, 500, 92.79, 72.38),
-    (0.0, 100, 93.4, 72.55),
-    (0.2, 100, 93.61, 72.9),
-    (0.4, 100, 93.46, 73.13),
-    (0.6, 100, 92.6, 72.68),
-    (0.8, 100, 93.03, 71.8),
-]  # MobileNetV2; fmt: skip
-_T1 = {"ResNet32": (0.00, 0.00, 0.20), "MobileNetV2": (0.05, 0.14, 0.17)}
+DATASETS = ("cifar10", "cifar100")  # the datasets the paper reports
 
 
 @dataclass
@@ -95,13 +43,15 @@ class TableSpec:
 
 def table_specs(model: str, num_models: int) -> dict[str, TableSpec]:
     """Every table, with arms as setting overrides and the paper's numbers for ``model``."""
-    paper_model = PAPER_MODELS.get(model, "")
+    paper_model = paper.MODELS.get(model, "")
     graft, none = {"source": "network"}, {"source": "none"}
 
     def pair(table, labels, overrides):
-        return [Arm(label, o, {ds: (table.get((paper_model, ds)) or (None, None))[i]
-                               for ds in ("cifar10", "cifar100")})
-                for i, (label, o) in enumerate(zip(labels, overrides))]  # fmt: skip
+        arms = []
+        for i, (label, o) in enumerate(zip(labels, overrides)):
+            numbers = {ds: table.get((paper_model, ds), (None, None))[i] for ds in DATASETS}
+            arms.append(Arm(label, o, numbers))
+        return arms
 
     return {
         "baseline": TableSpec(
@@ -111,40 +61,44 @@ def table_specs(model: str, num_models: int) -> dict[str, TableSpec]:
                 Arm(f"{num_models} independent networks", none),
                 Arm(f"{num_models} grafted networks", graft),
             ],
-        ),  # fmt: skip
+        ),
         "table1": TableSpec(
             "Supplement Table 1: IoU of invalid-filter positions of two "
             "independently trained networks (conv layers 5, 10, 15)",
             [Arm("two independent networks", {**none, "num_models": 2})],
             measure="iou",
-        ),  # fmt: skip
+        ),
         "table2": TableSpec(
             "Supplement Table 2: filter level vs layer level",
-            pair(_T2, ("filter level", "layer level"), ({**graft, "level": "filter"}, graft)),
+            pair(
+                paper.FILTER_VS_LAYER,
+                ("filter level", "layer level"),
+                ({**graft, "level": "filter"}, graft),
+            ),
         ),
         "table3": TableSpec(
             "Supplement Table 3: Eq. 5 vs Eq. 6",
             pair(
-                _T3,
+                paper.EQ5_VS_EQ6,
                 ("Equation (5)", "Equation (6)"),
                 ({**graft, "entropy_form": "filter_sum"}, graft),
             ),
-        ),  # fmt: skip
+        ),
         "table4": TableSpec(
             "Supplement Table 4: fixed vs adaptive weighting",
             pair(
-                _T4,
+                paper.FIXED_VS_ADAPTIVE,
                 ("fixed weighting", "adaptive weighting"),
                 ({**graft, "weighting": "fixed"}, graft),
             ),
-        ),  # fmt: skip
+        ),
         "table5": TableSpec(
             "Supplement Table 5: A and c (paper: MobileNetV2)",
             [
                 Arm(f"A={a}, c={c}", {**graft, "A": a, "c": c}, {"cifar10": p10, "cifar100": p100})
-                for a, c, p10, p100 in _T5
+                for a, c, p10, p100 in paper.A_AND_C
             ],
-        ),  # fmt: skip
+        ),
         "population": TableSpec(
             "Population size: grafting vs an ensemble of as many independent networks",
             [
@@ -153,12 +107,12 @@ def table_specs(model: str, num_models: int) -> dict[str, TableSpec]:
                 for label, o in (("grafted", graft), ("independent (ensemble)", none))
             ],
             measure="ensemble",
-        ),  # fmt: skip
+        ),
         "invalid": TableSpec(
             "Invalid filters (l1 norm below 0.1 and 0.01): baseline vs grafted",
             [Arm("independent", none), Arm("grafted", graft)],
             measure="invalid",
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -166,11 +120,9 @@ def run_arm(config: Config, data, seed: int) -> dict[str, Any]:
     """One population for one seed; returns its final round and final weights."""
     from graftune.tracking.experiment import run_experiment
 
-    arm_config = with_overrides(config, {"seed": seed})
-    result = run_experiment(arm_config, data)
-    payload = load_checkpoint(checkpoint_path(arm_config.population.checkpoint_dir, result.run_id))
-    return {"final": result.final, "run_id": result.run_id,
-            "weights": [s["model"] for s in payload["states"]]}  # fmt: skip
+    result = run_experiment(with_overrides(config, {"seed": seed}), data)
+    weights = [state["model"] for state in result.states]
+    return {"final": result.final, "run_id": result.run_id, "weights": weights}
 
 
 def measure(spec: TableSpec, config: Config, outcome: dict[str, Any]) -> list[float]:
@@ -198,15 +150,17 @@ COLUMNS = {
 def markdown(name: str, spec: TableSpec, config: Config, rows: list[tuple[Arm, list]]) -> str:
     dataset = config.data.dataset
     columns = COLUMNS[spec.measure]
-    scale = (f"{config.model.model}, {dataset}, {config.train.epochs} epochs, "
-             f"subset {config.data.subset or 'all'}")  # fmt: skip
+    scale = (
+        f"{config.model.model}, {dataset}, {config.train.epochs} epochs, "
+        f"subset {config.data.subset or 'all'}"
+    )
     lines = [f"### {name}: {spec.title}", "", f"Measured: {scale}; one value per seed.", ""]
     lines.append("| arm | paper | " + " | ".join(columns) + " | runs |")
     lines.append("|---|---:|" + "---:|" * len(columns) + "---|")
     for arm, seeds in rows:
         paper = arm.paper.get(dataset)
         if spec.measure == "iou":
-            paper_values = _T1.get(PAPER_MODELS.get(config.model.model, ""))
+            paper_values = paper.INVALID_IOU.get(paper.MODELS.get(config.model.model, ""))
             paper = " / ".join(f"{v:.2f}" for v in paper_values) if paper_values else None
         cells = []
         for i in range(len(columns)):
@@ -221,8 +175,10 @@ def markdown(name: str, spec: TableSpec, config: Config, rows: list[tuple[Arm, l
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="python -m graftune.reproduce",
-                           description="Reproduce the paper's tables at a chosen scale.")  # fmt: skip
+    parser = OneLineParser(
+        prog="python -m graftune.reproduce",
+        description="Reproduce the paper's tables at a chosen scale.",
+    )
     parser.add_argument("table", nargs="?", help="a table name; see --list")
     parser.add_argument("--list", action="store_true", help="name the tables and exit")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -231,27 +187,30 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    quiet_libraries()
-    args = build_parser().parse_args(argv)
-    config = Config()
+def configure(startup: Startup) -> Config:
+    """The settings, the table (kept in ``startup.extra``) and every arm's settings, checked
+    before the first run."""
+    args = startup.args
+    config = validate(config_from_args(args), known_models=list_models())
     specs = table_specs(config.model.model, config.population.num_models)
+    if args.table not in specs:
+        raise ConfigError(f"TABLE must be one of {', '.join(specs)}; got {args.table!r}")
+    startup.extra = specs[args.table]
+    for arm in startup.extra.arms:
+        validate(with_overrides(config, arm.overrides))
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(build_parser(), argv)
     if args.list:
-        for name, spec in specs.items():
+        defaults = Config()
+        for name, spec in table_specs(defaults.model.model, defaults.population.num_models).items():
             print(f"{name:11s} {spec.title}")
         return 0
-    try:
-        config = validate(config_from_args(args), known_models=list_models())
-        specs = table_specs(config.model.model, config.population.num_models)
-        if args.table not in specs:
-            raise ConfigError(f"TABLE must be one of {', '.join(specs)}; got {args.table!r}")
-        spec = specs[args.table]
-        for arm in spec.arms:  # every arm's settings are checked before the first run
-            validate(with_overrides(config, arm.overrides))
-        data = load_dataset(config.data)
-    except (ConfigError, DataError, ValueError) as error:
-        fail(str(error))
-    init_ray()
+    startup = check(args, configure)
+    config, data, spec = startup.config, startup.data, startup.extra
+    init_ray(verbose=args.verbose)
     rows = []
     for arm in spec.arms:
         arm_config = with_overrides(

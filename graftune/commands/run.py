@@ -7,24 +7,18 @@ python -m graftune.run --resume RUN_ID                     # continue a stopped 
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from graftune.commands.cli import (
-    OneLineParser,
-    add_setting_flags,
-    config_from_args,
-    fail,
-    init_ray,
-    quiet_libraries,
-)
-from graftune.config import Config, ConfigError, from_flat, validate
-from graftune.data import DataError, ImageSet, load_dataset
+from graftune.commands.cli import OneLineParser, add_setting_flags, config_from_args
+from graftune.commands.libraries import init_ray
+from graftune.commands.startup import Startup, start
+from graftune.config import Config, from_flat, validate
+from graftune.data import ImageSet
 from graftune.models import list_models
-from graftune.tracking.tracker import browse_command, open_store
+from graftune.tracking.checkpoint import Resume, check_compatible
+from graftune.tracking.tracker import browse_command
 
 console = Console(stderr=True)
 
@@ -38,46 +32,44 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Any]:
-    """Everything that can be wrong with the input, checked before any actor starts."""
-    from graftune.tracking.experiment import check_compatible, stopped_checkpoint
+def configure(startup: Startup) -> Config:
+    """The settings, from the stopped run's checkpoint when resuming, then the flags typed
+    now; the stopped run (read once) is kept in ``startup.extra``."""
+    from graftune.tracking.experiment import stopped_run
 
-    args = build_parser().parse_args(argv)
-    base, resume = None, (None, "")
+    args, base = startup.args, None
     if args.resume:  # the checkpoint's settings, then whatever flags were typed now
-        open_store(args.tracking_uri or "")
-        resume = stopped_checkpoint(args.resume, args.tracking_uri or "")
-        base = from_flat(resume[0]["config"])
+        startup.extra = stopped_run(startup.store(args.tracking_uri or ""), args.resume)
+        base = from_flat(startup.extra.payload["config"])
     config = validate(config_from_args(args, base), known_models=list_models())
-    open_store(config.tracking.tracking_uri)
-    if resume[0] is not None:
-        check_compatible(resume[0], config.model.model, config.population.num_models)
-    data = load_dataset(config.data)
-    return config, data, resume
+    if startup.extra is not None:
+        check_compatible(startup.extra.payload, config.model.model, config.population.num_models)
+    return config
+
+
+def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Resume | None]:
+    """Everything that can be wrong with the input, checked before any actor starts."""
+    startup = start(build_parser(), argv, configure)
+    return startup.config, startup.data, startup.extra
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_libraries()
-    try:
-        config, data, resume = prepare(argv)
-    except (ConfigError, DataError, ValueError) as error:
-        fail(str(error))
+    startup = start(build_parser(), argv, configure)
+    config, data, resume = startup.config, startup.data, startup.extra
     from graftune.tracking.experiment import run_experiment
 
-    where = init_ray()
+    where = init_ray(verbose=startup.args.verbose)
     console.print(
         f"graftune: {config.population.num_models} x {config.model.model} on "
         f"{config.data.dataset} ({len(data.train_labels)} train / {len(data.test_labels)} test "
         f"images), {where}"
     )
-    with Progress(
-        TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console,
-    ) as progress:  # fmt: skip
+    columns = (TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.description}"), console=console) as progress:
         task = progress.add_task("starting workers", total=None)
 
         def on_start(population, num_rounds: int) -> None:
-            done = (resume[0] or {}).get("round", 0)
+            done = resume.round if resume else 0
             progress.update(task, total=num_rounds, completed=done, description="training")
 
         def on_round(result) -> None:

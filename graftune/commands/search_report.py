@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from graftune.commands.search_state import SearchState
 from graftune.commands.searchspace import trial_overrides
 from graftune.tracking.description import search_description
 from graftune.tracking.tracker import BEST_MODEL_ID_TAG, REGISTERED_TAG, Tracker, browse_command
@@ -31,9 +32,9 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def report_best(results, state: dict[str, Any], tracker: Tracker) -> dict[str, Any] | None:
+def report_best(results, state: SearchState, tracker: Tracker) -> dict[str, Any] | None:
     """Print the best trial, write it as JSON and log it on the parent run."""
-    metric = state["metric"]
+    metric = state.metric
     try:
         best = results.get_best_result(metric=metric, mode="max", scope="last")
     except RuntimeError:
@@ -48,20 +49,20 @@ def report_best(results, state: dict[str, Any], tracker: Tracker) -> dict[str, A
         "metrics": {k: best.metrics[k] for k in (*METRICS, "round", "num_rounds")},
         "trial_id": best.metrics.get("trial_id"),
         "trial_run_id": best.metrics.get("run_id"),
-        "parent_run_id": state["parent_run_id"],
+        "parent_run_id": state.parent_run_id,
         "trials": len(results),
         "errors": results.num_errors,
-        "experiment_path": state["path"],
+        "experiment_path": state.path,
     }
-    summary["registered"] = register_best(tracker, summary, state["settings"])
-    output = Path(state["output"])
+    summary["registered"] = register_best(tracker, summary, state.settings)
+    output = Path(state.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(summary, indent=2) + "\n")
     tracker.log_params({f"best/{k}": v for k, v in chosen.items()})
     tracker.log_metrics({f"best/{k}": v for k, v in summary["metrics"].items()}, step=0)
     tracker.set_tag("graftune.best_run_id", str(summary["trial_run_id"]))
     tracker.log_text(output.read_text(), "best.json")
-    tracker.set_description(search_description(state, summary))
+    tracker.set_description(search_description(state.as_json(), summary))
     print(f"best of {len(results)} trials by {metric}: {describe(best.config, best.metrics)}")
     print(f"best configuration: {output}")
     if summary["registered"]:

@@ -19,8 +19,14 @@ from typing import Any
 
 from ray import tune
 
-from graftune.commands.cli import read_yaml
-from graftune.config import Config, ConfigError, setting_sections, validate, with_overrides
+from graftune.config import (
+    Config,
+    ConfigError,
+    read_yaml,
+    setting_sections,
+    validate,
+    with_overrides,
+)
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
 RANGES = ("uniform", "loguniform", "int")  # [lo, hi]; the others list their values
@@ -28,7 +34,7 @@ JOINT_GRID = "grid"  # the top-level key of a grid over combinations of settings
 NOT_SEARCHABLE = {"resume": "each trial sets it itself", "tracking_uri": "the search sets it"}
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(ConfigError):
     """A search-space file that cannot be used; the message names the file and the key."""
 
 
@@ -125,7 +131,7 @@ def load_search_space(
     """
     try:
         raw = read_yaml(path, what="--search-space")
-    except ValueError as error:
+    except ConfigError as error:
         raise SearchSpaceError(str(error)) from None
     if not raw:
         raise SearchSpaceError(f"--search-space {path} holds no settings to search")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
-from graftune.commands.cli import quiet_libraries
+from graftune.commands.libraries import quiet_libraries
 from graftune.commands.searchspace import trial_config
 from graftune.config import Config, with_overrides
 from graftune.data import ImageSet
@@ -24,6 +25,7 @@ from graftune.population.population import RoundResult
 from graftune.population.resources import worker_layout
 from graftune.tracking.checkpoint import (
     CHECKPOINT_NAME,
+    Resume,
     check_compatible,
     checkpoint_path,
     load_checkpoint,
@@ -65,37 +67,57 @@ def run_trial(params: dict[str, Any], base: Config, data: ImageSet, parent_run_i
         },
     )
     config, resume = restore_trial(config, tune.get_checkpoint())
-    extra = {"num_models": config.population.num_models, "bundles": len(placement.bundle_specs)}
-    rounds, last = [], []
-
-    def on_round(result: RoundResult) -> None:
-        extra["num_rounds"] = rounds[0]
-        if result.round < rounds[0]:
-            report_round(result, extra)
-        else:
-            last.append(result)
-
+    reports = TrialReports(
+        {"num_models": config.population.num_models, "bundles": len(placement.bundle_specs)}
+    )
     done = run_experiment(
-        config, data, on_round, on_start=lambda population, n: rounds.append(n),
-        placement=placement, bundle_offset=1, parent_run_id=parent_run_id, resume=resume,
-    )  # fmt: skip
-    if last:
-        report_round(last[0], extra)
+        config,
+        data,
+        reports.on_round,
+        reports.on_start,
+        placement=placement,
+        bundle_offset=1,
+        parent_run_id=parent_run_id,
+        resume=resume,
+    )
+    if reports.last is not None:
+        report_round(reports.last, reports.extra)
     elif done.history:  # restored after its last round: nothing was left but the report
         final = done.final
-        extra["num_rounds"] = final["round"]
+        reports.extra["num_rounds"] = final["round"]
         report_round(
-            RoundResult(final["round"], [], final["population"], run_id=done.run_id), extra
+            RoundResult(final["round"], [], final["population"], run_id=done.run_id), reports.extra
         )
 
 
-def restore_trial(config: Config, checkpoint) -> tuple[Config, tuple[Any, str]]:
+@dataclass
+class TrialReports:
+    """What a trial reports to Tune, round by round. The last round is held back (in
+    ``last``) until the run has logged its final artifacts: a stop decision at that report
+    cannot cut them off then."""
+
+    extra: dict[str, Any]  # reported with every round: population size, bundles, rounds
+    num_rounds: int = 0
+    last: RoundResult | None = None
+
+    def on_start(self, population: Any, num_rounds: int) -> None:
+        self.num_rounds = num_rounds
+        self.extra["num_rounds"] = num_rounds
+
+    def on_round(self, result: RoundResult) -> None:
+        if result.round < self.num_rounds:
+            report_round(result, self.extra)
+        else:
+            self.last = result
+
+
+def restore_trial(config: Config, checkpoint) -> tuple[Config, Resume | None]:
     """A restored trial goes on with the same population and the same MLflow run.
 
     Tune's copy of the checkpoint is the fallback; the population's own file wins when this
     node has it and it is newer (a round may have ended after the last report)."""
     if checkpoint is None:
-        return config, (None, "")
+        return config, None
     with checkpoint.as_directory() as directory:
         run_id = json.loads((Path(directory) / TRIAL_FILE).read_text())["run_id"]
         payload = load_checkpoint(Path(directory) / CHECKPOINT_NAME)
@@ -105,7 +127,7 @@ def restore_trial(config: Config, checkpoint) -> tuple[Config, tuple[Any, str]]:
         payload = own if own["round"] > payload["round"] else payload
     config = with_overrides(config, {"resume": run_id})
     check_compatible(payload, config.model.model, config.population.num_models)
-    return config, (payload, str(path))
+    return config, Resume(run_id, payload, str(path))
 
 
 def report_round(result: RoundResult, extra: dict[str, Any]) -> None:

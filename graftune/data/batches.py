@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from graftune.data.files import DataError
+from graftune.data.errors import DataError
 
 PAD = 4  # RandomCrop(32, padding=4), the paper's (and every CIFAR ResNet's) augmentation
 
@@ -50,17 +50,26 @@ class TrainBatches:
     """Shuffled, augmented training batches drawn from uint8 images on one device."""
 
     def __init__(
-        self, images: Images, labels: Images, batch_size: int, mean: Stats, std: Stats,
-        device: torch.device | str = "cpu", seed: int = 0, augment: bool = True,
+        self,
+        images: Images,
+        labels: Images,
+        batch_size: int,
+        mean: Stats,
+        std: Stats,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        augment: bool = True,
         channels_last: bool = False,
-    ):  # fmt: skip
+    ):
         self.device = torch.device(device)
         # Moved once, as uint8; on the CPU this is the caller's (Ray-shared) memory itself.
         self.images = _tensor(images).to(self.device)
         self.labels = _tensor(labels).to(self.device, torch.int64)
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(f"images must be uint8 N x C x H x W, got {self.images.dtype} "
-                            f"{tuple(self.images.shape)}")  # fmt: skip
+            raise DataError(
+                f"images must be uint8 N x C x H x W, got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         n = len(self.images)
         self.batch_size = min(batch_size, n)  # fewer images than a batch: one smaller batch
         self.steps_per_epoch = max(1, n // batch_size)
@@ -115,9 +124,14 @@ class TrainBatches:
 
 
 def eval_batches(
-    images: Images, labels: Images, batch_size: int, mean: Stats, std: Stats,
-    device: torch.device | str, channels_last: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    images: Images,
+    labels: Images,
+    batch_size: int,
+    mean: Stats,
+    std: Stats,
+    device: torch.device | str,
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalised batches in order, without augmentation; moved to the device as uint8."""
     device = torch.device(device)
     images, labels = _tensor(images), _tensor(labels)

@@ -1,7 +1,9 @@
 """Image folders and zips (train/<class>/, test/<class>/) read into uint8 arrays, cached.
 
-The one module that reads image files, so every damaged or hostile file is refused here, as
-a one-line DataError, before any actor starts.
+With ``decode``, the one place that reads image files, so every damaged or hostile file is
+refused there, as a one-line DataError, before any actor starts. This module lists and opens
+the folder or zip (names, sizes, CRCs, nesting); ``decode`` turns the listed images into
+arrays.
 """
 
 from __future__ import annotations
@@ -10,32 +12,26 @@ import hashlib
 import io
 import logging
 import os
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from graftune.data.cache import Arrays, cache_dir, read_cache, write_cache
+from graftune.data.decode import SPLITS, decode_images, over_limit, size_text
+from graftune.data.errors import DataError
+
+__all__ = ["FOLDER_HINT", "DataError", "read_image_folder"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FOLDER_HINT = "a folder or .zip with train/ and test/ class folders"
-SPLITS = ("train", "test")
 # Bump when the cached layout, or what a folder or zip decodes to, changes: old caches are
 # not read. 2: nested folders, empty class folders and stray images are refused, not skipped,
 # and 16-bit grey images keep their top 8 bits instead of clipping to white.
 _CACHE_VERSION = 2
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes of 16-bit PNGs
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """The data cannot be loaded; the one-line message says what to change."""
 
 
 def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
@@ -71,6 +67,11 @@ def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
         arrays = _decode(listing, lambda n: path / n, max_image_bytes)
     write_cache(cache, arrays)
     return arrays
+
+
+def _decode(listing: _Listing, read: Callable, limit: int) -> Arrays:
+    listing.report_skipped()
+    return decode_images(listing.images, listing.classes(), read, limit, listing.data_dir)
 
 
 def _hidden(part: str) -> bool:
@@ -147,8 +148,10 @@ class _Listing:
             shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
             log.warning(
                 "graftune: skipped %d non-image files in '%s' (%s)",
-                len(self.skipped), self.data_dir, shown,
-            )  # fmt: skip
+                len(self.skipped),
+                self.data_dir,
+                shown,
+            )
 
 
 def _list_folder(path: Path, data_dir: str, limit: int) -> tuple[_Listing, list[str]]:
@@ -239,121 +242,4 @@ def _read_member(archive: zipfile.ZipFile, name: str, data_dir: str) -> io.Bytes
 
 def _check_file_size(name: str, size: int, limit: int, data_dir: str) -> None:
     if size > limit:
-        raise DataError(f"'{name}' in '{data_dir}' is {_bytes(size)}, {_over(limit)}")
-
-
-def _over(limit: int) -> str:
-    return (
-        f"over the {_bytes(limit)} limit for one image; if it is genuine, raise "
-        f"--max-image-bytes (now {limit})"
-    )
-
-
-def _bytes(size: int) -> str:
-    """A size for a message: '16 MiB', '687.7 MiB', '700 bytes'."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{size} bytes"
-
-
-def _decode(listing: _Listing, read: Callable, limit: int) -> Arrays:
-    """Every listed image as N x 3 x H x W uint8, each one's size checked from its header."""
-    classes, data_dir = listing.classes(), listing.data_dir
-    listing.report_skipped()
-    index = {c: i for i, c in enumerate(classes)}
-    total = sum(len(items) for items in listing.images.values())
-    out, shape = [], None
-    with warnings.catch_warnings():
-        # Pillow warns of images over 89 Mpx and raises over 179 Mpx: both become refusals.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        # Dropping a palette's transparency is the point of convert("RGB"): no line per image.
-        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
-        for split in SPLITS:
-            items = sorted(listing.images[split])  # by class, then file name: a stable order
-            images = None
-            for i, (_, name) in enumerate(items):
-                source = read(name)
-                with _open_image(source, name, data_dir) as image:
-                    shape = _check_size(image.size, shape, limit, name, data_dir)
-                    if images is None:
-                        images = _allocate(len(items), total, shape, data_dir)
-                    images[i] = _rgb(image, name, data_dir).transpose(2, 0, 1)
-            out += [images, np.array([index[c] for c, _ in items], np.int64)]
-    return (*out, classes)
-
-
-def _open_image(source: Path | io.BytesIO, name: str, data_dir: str) -> Image.Image:
-    """The image with its header read, its pixels not yet decoded."""
-    try:
-        return Image.open(source)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        reason = str(error).split(", could be")[0].lower()  # Pillow's sizes, without its alarm
-        raise DataError(
-            f"'{name}' in '{data_dir}' is refused as a possible decompression bomb: {reason}"
-        ) from None
-    except Exception as error:  # noqa: BLE001 (Pillow's plugins raise many types for bad files)
-        raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
-
-
-def _check_size(
-    size: tuple[int, int], shape: tuple[int, int] | None, limit: int, name: str, data_dir: str
-) -> tuple[int, int]:
-    """(height, width) of an image, from its header: checked before a pixel is decoded, so
-    neither a bomb nor the first image can size an allocation beyond the limit."""
-    width, height = size
-    if width * height * 3 > limit:
-        raise DataError(
-            f"'{name}' in '{data_dir}' is {width}x{height} pixels, {_bytes(width * height * 3)} "
-            f"decoded, {_over(limit)}"
-        )
-    if shape is not None and (height, width) != shape:
-        raise DataError(
-            f"'{name}' in '{data_dir}' is {width}x{height} but the first image is "
-            f"{shape[1]}x{shape[0]}; all images must have one size"
-        )
-    return height, width
-
-
-def _allocate(count: int, total: int, shape: tuple[int, int], data_dir: str) -> np.ndarray:
-    """count x 3 x H x W uint8, once the total of both splits is known to fit in memory."""
-    height, width = shape
-    need, memory = total * 3 * height * width, _memory_bytes()
-    try:
-        if memory is None or need <= memory:
-            return np.empty((count, 3, height, width), np.uint8)
-    except MemoryError:
-        pass
-    raise DataError(
-        f"the {total} images of '{data_dir}' are {width}x{height}: as uint8 arrays they need "
-        f"{_bytes(need)}, more than this machine's memory"
-        + (f" ({_bytes(memory)})" if memory else "")
-        + "; make them smaller"
-    )
-
-
-def _memory_bytes() -> int | None:
-    """This machine's memory; None where the OS does not say (np.empty's MemoryError guards)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def _rgb(image: Image.Image, name: str, data_dir: str) -> np.ndarray:
-    """The decoded H x W x 3 uint8 pixels of an image of any mode.
-
-    Grey, palette and RGBA images become RGB as torchvision's ImageFolder loader makes them
-    (convert("RGB"): grey repeated, alpha dropped, not blended), so a network sees the same
-    pixels here as there. 16-bit grey keeps its top 8 bits: convert("RGB") would clip every
-    value above 255 to white.
-    """
-    try:
-        if image.mode == "RGB":
-            return np.asarray(image)
-        if image.mode in _SIXTEEN_BIT:
-            grey = (np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8)
-            return np.repeat(grey[:, :, None], 3, axis=2)
-        return np.asarray(image.convert("RGB"))
-    except Exception as error:  # noqa: BLE001 (Pillow's decoders raise many types for bad data)
-        raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
+        raise DataError(f"'{name}' in '{data_dir}' is {size_text(size)}, {over_limit(limit)}")

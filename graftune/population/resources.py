@@ -51,9 +51,11 @@ def largest_node_cpus() -> float:
 
 
 def worker_layout(
-    config: Config, cluster: dict[str, float], largest_node_cpus: float | None = None,
+    config: Config,
+    cluster: dict[str, float],
+    largest_node_cpus: float | None = None,
     num_workers: int | None = None,
-) -> tuple[list[list[int]], dict[str, float], bool]:  # fmt: skip
+) -> tuple[list[list[int]], dict[str, float], bool]:
     """Which networks each worker holds, one worker's resources, and whether it fuses.
 
     Fused (``--fuse on``, or ``auto`` with GPUs): one worker per GPU, up to K, holding an

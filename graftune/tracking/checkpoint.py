@@ -1,15 +1,35 @@
-"""Population checkpoints on disk: written atomically, read with ``weights_only=True``."""
+"""Population checkpoints on disk: written atomically, read with ``weights_only=True``; a
+:class:`Resume` is the one form in which a stopped run's checkpoint reaches the experiment."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from graftune.config import ConfigError
+
 CHECKPOINT_NAME = "population.pt"
+
+
+@dataclass
+class Resume:
+    """A stopped run to continue: its MLflow run, its last checkpoint and where that lives
+    (later checkpoints of the run are written there too). ``graftune.run --resume`` reads it
+    from the tracking store, a restored Tune trial from its Tune checkpoint."""
+
+    run_id: str
+    payload: dict[str, Any]
+    path: str
+
+    @property
+    def round(self) -> int:
+        """The last finished round; the run goes on with the next."""
+        return int(self.payload["round"])
 
 
 def checkpoint_path(directory: str | os.PathLike, run_id: str) -> Path:
@@ -40,15 +60,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_compatible(payload: dict[str, Any], model_name: str, num_models: int) -> None:
-    """Refuse a checkpoint of another architecture or population size before any actor starts."""
+    """Refuse a checkpoint of another architecture or population size before any actor
+    starts: a :class:`ConfigError`, since the flags (or the run chosen) are what is wrong."""
     saved_model = payload["config"]["model/model"]
     if saved_model != model_name:
-        raise ValueError(
+        raise ConfigError(
             f"--model {model_name} does not match the checkpoint, which holds {saved_model}; "
             f"resume with --model {saved_model} or start a new run"
         )
     if len(payload["states"]) != num_models:
-        raise ValueError(
+        raise ConfigError(
             f"--num-models {num_models} does not match the checkpoint's "
             f"{len(payload['states'])} networks"
         )

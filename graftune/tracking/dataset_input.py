@@ -72,9 +72,12 @@ def dataset_inputs(cfg: DataConfig, data: ImageSet) -> list[DatasetInput]:
             "subset": subset or "all",
         }
         dataset = Dataset(
-            name=cfg.dataset, digest=split_digest(images, labels, data.classes),
-            source_type=source_type, source=source,
-            schema=json.dumps(schema.to_dict()), profile=json.dumps(profile),
-        )  # fmt: skip
+            name=cfg.dataset,
+            digest=split_digest(images, labels, data.classes),
+            source_type=source_type,
+            source=source,
+            schema=json.dumps(schema.to_dict()),
+            profile=json.dumps(profile),
+        )
         inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     return inputs

@@ -33,9 +33,14 @@ def changed_settings(config: Config) -> dict[str, Any]:
 
 
 def run_description(
-    config: Config, data: ImageSet, history: list[dict[str, Any]], status: str = "RUNNING",
-    best: int | None = None, run_id: str = "", registered: str = "",
-) -> str:  # fmt: skip
+    config: Config,
+    data: ImageSet,
+    history: list[dict[str, Any]],
+    status: str = "RUNNING",
+    best: int | None = None,
+    run_id: str = "",
+    registered: str = "",
+) -> str:
     """Markdown for a population run in ``status``; ``history`` as the run records it.
 
     Args:
@@ -61,8 +66,11 @@ def run_description(
         )
         lines.append("")
     changed = changed_settings(config)
-    lines.append(f"Settings that differ from the defaults: `{flags(changed)}`" if changed else
-                 "All settings are the defaults.")  # fmt: skip
+    lines.append(
+        f"Settings that differ from the defaults: `{flags(changed)}`"
+        if changed
+        else "All settings are the defaults."
+    )
     return "\n".join(lines) + "\n"
 
 

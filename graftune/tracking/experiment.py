@@ -20,12 +20,13 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from graftune.config import Config, flatten
+from graftune.config import Config, ConfigError, flatten
 from graftune.data import ImageSet
 from graftune.population.population import Population, RoundResult
 from graftune.population.rounds import run_population
 from graftune.tracking import plots
 from graftune.tracking.checkpoint import (
+    Resume,
     check_compatible,
     checkpoint_path,
     load_checkpoint,
@@ -34,12 +35,14 @@ from graftune.tracking.checkpoint import (
 from graftune.tracking.dataset_input import dataset_inputs
 from graftune.tracking.description import run_description
 from graftune.tracking.logged_models import best_network, log_networks
+from graftune.tracking.null_tracker import NullTracker
 from graftune.tracking.tracker import (
     BEST_MODEL_ID_TAG,
     BEST_MODEL_TAG,
     CHECKPOINT_TAG,
     REGISTERED_TAG,
     Tracker,
+    open_tracker,
     resolve_tracking_uri,
 )
 
@@ -58,34 +61,35 @@ class ExperimentResult:
     best: int | None = None  # the network with the best final test accuracy
     model_ids: list[str] = field(default_factory=list)  # net{k}'s logged model, when logged
     registered: str = ""  # "NAME version V" of --register-model
+    states: list[dict[str, Any]] = field(default_factory=list, repr=False)  # final networks
 
     @property
     def final(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
 
 
-def stopped_checkpoint(run_id: str, tracking_uri: str) -> tuple[dict[str, Any], str]:
-    """The last checkpoint of a stopped run and its path: its settings are the truth."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+def stopped_run(client: MlflowClient, run_id: str) -> Resume:
+    """The stopped run ``run_id`` of the store ``client`` reads, with its last checkpoint:
+    its settings are the truth. The run is fetched once, here."""
     try:
         path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG, "")
     except Exception as error:  # MLflow raises its own types for an unknown run
-        raise ValueError(
+        raise ConfigError(
             f"--resume {run_id}: no such MLflow run ({type(error).__name__})"
         ) from None
     if not path or not Path(path).exists():
-        raise ValueError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
-    return load_checkpoint(path), path
+        raise ConfigError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
+    return Resume(run_id, load_checkpoint(path), path)
 
 
-def resume_payload(config: Config) -> tuple[dict[str, Any] | None, str]:
-    """The checkpoint of ``--resume RUN_ID`` (checked against the config) and its path."""
+def resume_payload(config: Config) -> Resume | None:
+    """The stopped run of ``config``'s ``resume`` setting, checked against the config."""
     run_id = config.population.resume
     if not run_id:
-        return None, ""
-    payload, path = stopped_checkpoint(run_id, config.tracking.tracking_uri)
-    check_compatible(payload, config.model.model, config.population.num_models)
-    return payload, path
+        return None
+    resume = stopped_run(MlflowClient(resolve_tracking_uri(config.tracking.tracking_uri)), run_id)
+    check_compatible(resume.payload, config.model.model, config.population.num_models)
+    return resume
 
 
 def resume_overrides(config: Config, payload: dict[str, Any]) -> dict[str, Any]:
@@ -106,9 +110,11 @@ def run_experiment(
     placement: Any = None,
     bundle_offset: int = 0,
     parent_run_id: str = "",
-    resume: tuple[dict[str, Any] | None, str] = (None, ""),
+    resume: Resume | None = None,
+    tracker: Tracker | NullTracker | None = None,
+    ready_timeout_s: float = 120.0,
 ) -> ExperimentResult:
-    """Run (or resume) one population, logging every round to MLflow.
+    """Run (or resume) one population, logging every round to its tracker.
 
     Args:
         config: validated settings.
@@ -117,11 +123,17 @@ def run_experiment(
         on_start: called with the started population and its number of rounds.
         placement, bundle_offset: an existing placement group (a Tune trial's) to use.
         parent_run_id: MLflow run to nest this run under (a search).
-        resume: the checkpoint and its path from :func:`resume_payload`, checked by the
-            caller before anything starts.
+        resume: the stopped run to continue (from :func:`stopped_run` or a Tune
+            checkpoint), checked by the caller before anything starts.
+        tracker: where the run is recorded; None opens its MLflow run (the stopped one when
+            resuming). A :class:`NullTracker` runs the same rounds without MLflow or
+            checkpoints.
+        ready_timeout_s: how long the workers may wait for their resources.
     """
-    payload, path = resume
-    tracker, path = _open_run(config, data, payload, path, parent_run_id)
+    if tracker is None:
+        tracker = open_tracker(config, resume.run_id if resume else "", parent_run_id)
+    payload = resume.payload if resume else None
+    path = _start_run(tracker, config, data, resume)
     resumes = 0
     if payload is not None:  # each resume and what it changed; later checkpoints carry it
         resumes = int(payload.get("resumes", 0)) + 1
@@ -137,7 +149,7 @@ def run_experiment(
     try:
         if config.tracking.system_metrics:  # inside the try: finish() stops the sampling
             tracker.start_system_metrics(resume=payload is not None)
-        population.start()
+        population.start(ready_timeout_s)
         result.worker_info = population.info
         tracker.set_tag(WORKERS_TAG, json.dumps(population.info))
         if payload is not None:
@@ -154,7 +166,8 @@ def run_experiment(
             tracker.log_round(round_result.round, round_result.networks, round_result.population)
             round_result.run_id = tracker.run_id
             last = round_result.round == population.num_rounds
-            if last or round_result.round % config.population.checkpoint_every == 0:
+            due = last or round_result.round % config.population.checkpoint_every == 0
+            if path and due:
                 state = _payload(config, round_result.round, population, history, records)
                 state["resumes"] = resumes
                 round_result.checkpoint = str(save_checkpoint(path, state))
@@ -162,8 +175,11 @@ def run_experiment(
                 on_round(round_result)
 
         run_population(population, first_round, finish_round)
-        _log_final_artifacts(tracker, config, population, history, records)
-        _log_final_networks(tracker, config, data, population.states(), result)
+        result.best = best_network(result.final)
+        result.states = population.states()
+        if tracker.enabled:  # plots and exported models are made only to be logged
+            _log_final_artifacts(tracker, config, result.states, history, records)
+            _log_final_networks(tracker, config, data, result.states, result)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -179,20 +195,20 @@ def run_experiment(
     return result
 
 
-def _open_run(config, data, payload, path, parent_run_id) -> tuple[Tracker, str]:
-    """The run's tracker and checkpoint path: a new run gets its params, checkpoint tag and
-    config file; a resumed one goes on as it was. Either logs the data set as its input."""
-    t = config.tracking
-    tracker = Tracker(
-        t.tracking_uri, t.experiment, t.run_name, config.population.resume, parent_run_id
-    )
-    if payload is None:
+def _start_run(tracker, config: Config, data: ImageSet, resume: Resume | None) -> str:
+    """The run's checkpoint path ("" for a tracker that records nothing): a new run gets
+    its params, checkpoint tag and config file; a resumed one goes on as it was. Either logs
+    the data set as its input."""
+    if not tracker.enabled:
+        return ""
+    path = resume.path if resume else ""
+    if resume is None:
         tracker.log_params(flatten(config))
         path = str(checkpoint_path(config.population.checkpoint_dir, tracker.run_id))
         tracker.set_tag(CHECKPOINT_TAG, path)
         tracker.log_text(yaml.safe_dump(flatten(config), sort_keys=False), "config.yaml")
     tracker.log_inputs(dataset_inputs(config.data, data))
-    return tracker, path
+    return path
 
 
 def add_best_over_rounds(history: list[dict[str, Any]], result: RoundResult) -> None:
@@ -219,14 +235,14 @@ def _payload(config, round_index, population, history, records) -> dict[str, Any
     }
 
 
-def _log_final_artifacts(tracker, config, population, history, records) -> None:
+def _log_final_artifacts(tracker, config, states, history, records) -> None:
     tracker.log_table(records, RECORDS_ARTIFACT)
     with tempfile.TemporaryDirectory() as tmp:
         plots.write_all(history, records, Path(tmp))
         tracker.log_artifacts(tmp, "plots")
     if config.tracking.log_weights:
         with tempfile.TemporaryDirectory() as tmp:
-            for k, state in enumerate(population.states()):
+            for k, state in enumerate(states):
                 torch.save(state["model"], Path(tmp) / f"net{k}.pt")
             tracker.log_artifacts(tmp, "weights")
 
@@ -236,7 +252,6 @@ def _log_final_networks(tracker, config, data, states, result: ExperimentResult)
 
     An architecture that ``torch.export`` cannot trace must not fail a finished run: its
     weights and checkpoint are kept, and the run says why it has no models."""
-    result.best = best_network(result.final)
     tracker.set_tag(BEST_MODEL_TAG, f"net{result.best}")
     t = config.tracking
     if not t.log_models:

@@ -67,9 +67,13 @@ def best_network(final: dict[str, Any]) -> int:
 
 
 def log_networks(
-    tracker, model: str, data: ImageSet, states: list[dict[str, Any]],
-    final: dict[str, Any], params: dict[str, Any],
-) -> list[str]:  # fmt: skip
+    tracker,
+    model: str,
+    data: ImageSet,
+    states: list[dict[str, Any]],
+    final: dict[str, Any],
+    params: dict[str, Any],
+) -> list[str]:
     """Log network k as MLflow model ``net{k}`` of the tracker's run; returns the model ids.
 
     Each model gets the run's params, the tag :data:`BEST_TAG`, and its final metrics
@@ -91,6 +95,6 @@ def log_networks(
                 tags={BEST_TAG: str(k == best).lower()},
                 params=params,
                 metrics=network + population,
-            )  # fmt: skip
+            )
         )
     return ids

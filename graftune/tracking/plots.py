@@ -70,8 +70,15 @@ def _plot_networks(ax: Any, history: list[dict[str, Any]], key: str, scale: floa
     style = _line_style(len(rounds))
     for net in range(_network_count(history)):
         values = _network_series(history, key, net) * scale
-        ax.plot(rounds, values, lw=1.0, alpha=0.8, color=_net_colour(net),
-                label=f"network {net}", **style)  # fmt: skip
+        ax.plot(
+            rounds,
+            values,
+            lw=1.0,
+            alpha=0.8,
+            color=_net_colour(net),
+            label=f"network {net}",
+            **style,
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "round 2.5" on short runs
 
 
@@ -157,15 +164,22 @@ def _heatmaps(
     cols = min(len(networks), 4)
     rows = math.ceil(len(networks) / cols)
     height = min(2.0 + 0.1 * len(units), 6.0)  # taller panels for deep models, bounded
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.5, height * rows + 0.8),
-                             sharex=True, sharey=True, squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(4.2 * cols + 1.5, height * rows + 0.8),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     norm = norm_for(np.concatenate([g.ravel() for g in grids.values()]))
     extent = (rounds[0] - 0.5, rounds[-1] + 0.5, len(units) - 0.5, -0.5)
     image = None
     for ax, net in zip(axes.flat, networks):
-        image = ax.imshow(grids[net], aspect="auto", interpolation="nearest",
-                          cmap=cmap, norm=norm, extent=extent)  # fmt: skip
+        image = ax.imshow(
+            grids[net], aspect="auto", interpolation="nearest", cmap=cmap, norm=norm, extent=extent
+        )
         ax.set_title(f"network {net}", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(8, integer=True))
     for ax in axes.flat[len(networks) :]:
@@ -201,15 +215,28 @@ def _centred_norm(values: np.ndarray) -> Normalize:
 
 def entropy_heatmaps(records: list[dict[str, Any]], path: PathLike) -> Path | None:
     """Entropy of each graft unit's weights (h_self) per network, layer and round."""
-    return _heatmaps(records, "h_self", path, "Weight entropy per layer", "entropy h_self",
-                     _with_bad("viridis"), _range_norm)  # fmt: skip
+    return _heatmaps(
+        records,
+        "h_self",
+        path,
+        "Weight entropy per layer",
+        "entropy h_self",
+        _with_bad("viridis"),
+        _range_norm,
+    )
 
 
 def alpha_heatmaps(records: list[dict[str, Any]], path: PathLike) -> Path | None:
     """Grafting coefficient alpha (weight kept from self) per network, layer and round."""
-    return _heatmaps(records, "alpha", path, "Grafting coefficient per layer",
-                     r"$\alpha$ (weight kept from self)", _with_bad("RdBu_r"),
-                     _centred_norm)  # fmt: skip
+    return _heatmaps(
+        records,
+        "alpha",
+        path,
+        "Grafting coefficient per layer",
+        r"$\alpha$ (weight kept from self)",
+        _with_bad("RdBu_r"),
+        _centred_norm,
+    )
 
 
 def write_all(

@@ -26,6 +26,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from graftune.config import Config, ConfigError
+
 DEFAULT_STORE = "mlflow.db"  # SQLite file in the working directory: MLflow 3 has no ./mlruns store
 PARENT_TAG = "mlflow.parentRunId"
 CHECKPOINT_TAG = "graftune.tracking.checkpoint"
@@ -51,7 +53,7 @@ def open_store(uri: str = "") -> MlflowClient:
         client = MlflowClient(resolved)
         client.search_experiments(max_results=1)
     except Exception as error:  # MLflow raises a different type for each kind of store
-        raise ValueError(
+        raise ConfigError(
             f"--tracking-uri {resolved!r}: MLflow cannot open it ({type(error).__name__}); use "
             "sqlite:///PATH.db, http(s)://HOST:PORT, or leave it empty for ./mlflow.db"
         ) from None
@@ -65,10 +67,18 @@ def browse_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
+def open_tracker(config: Config, run_id: str = "", parent_run_id: str = "") -> Tracker:
+    """The tracker of a population run: a new MLflow run for ``config``, or the stopped run
+    ``run_id`` going on."""
+    t = config.tracking
+    return Tracker(t.tracking_uri, t.experiment, t.run_name, run_id, parent_run_id)
+
+
 class Tracker:
     """One MLflow run: params, per-round metrics, tables, plots, weights, models, inputs,
     system metrics and a description."""
 
+    enabled = True  # a NullTracker says False: nothing is logged, so nothing is prepared
     monitor = None  # the system metrics sampler, while it runs
 
     def __init__(
@@ -81,8 +91,8 @@ class Tracker:
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
-        if run_id:  # resume: the same run goes on
-            self.run_id = self.client.get_run(run_id).info.run_id
+        if run_id:  # resume: the same run goes on (the caller has read it already)
+            self.run_id = run_id
             self.client.update_run(self.run_id, status="RUNNING")
             return
         found = self.client.get_experiment_by_name(experiment)
@@ -150,9 +160,16 @@ class Tracker:
         self.client.log_inputs(self.run_id, datasets=datasets)
 
     def log_model(
-        self, name: str, module: Any, example: Any, signature: Any, step: int,
-        tags: dict[str, str], params: dict[str, Any], metrics: list[str],
-    ) -> str:  # fmt: skip
+        self,
+        name: str,
+        module: Any,
+        example: Any,
+        signature: Any,
+        step: int,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        metrics: list[str],
+    ) -> str:
         """``module`` as MLflow PyTorch model ``name`` of this run; returns its model id.
 
         What ``mlflow.pytorch.log_model`` does, through this run's client: that function
@@ -173,15 +190,21 @@ class Tracker:
             with tempfile.TemporaryDirectory() as tmp:
                 # The MLmodel fields that log_model writes, so runs:/ and models:/ URIs resolve.
                 info = Model(
-                    artifact_path=model.artifact_location, model_uuid=model.model_id,
-                    run_id=self.run_id, model_id=model.model_id,
-                )  # fmt: skip
+                    artifact_path=model.artifact_location,
+                    model_uuid=model.model_id,
+                    run_id=self.run_id,
+                    model_id=model.model_id,
+                )
                 mlflow.pytorch.save_model(
-                    module, Path(tmp) / "model", mlflow_model=info, signature=signature,
-                    input_example=example, serialization_format="pt2",
+                    module,
+                    Path(tmp) / "model",
+                    mlflow_model=info,
+                    signature=signature,
+                    input_example=example,
+                    serialization_format="pt2",
                     # given, not inferred: inferring loads the model in a subprocess (seconds)
                     pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
-                )  # fmt: skip
+                )
                 self.client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
         except BaseException:
             self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
@@ -210,10 +233,12 @@ class Tracker:
         # model up through the global tracking URI, not this client's store. A SQL registry
         # keeps no model id either, so a tag says which logged model (and network) it is.
         version = self.client.create_model_version(
-            name, model.artifact_location, run_id=model.source_run_id,
+            name,
+            model.artifact_location,
+            run_id=model.source_run_id,
             tags={"graftune.model_id": model_id, "graftune.network": model.name},
             model_id=model_id,
-        )  # fmt: skip
+        )
         return int(version.version)
 
     def start_system_metrics(self, resume: bool = False) -> None:

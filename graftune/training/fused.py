@@ -83,11 +83,17 @@ class FusedTrainer(StackedNetworks):
         labels = as_tensor(data.train_labels).to(self.device)
         self.batches = [
             TrainBatches(
-                images, labels, t.batch_size, data.mean, data.std, device=self.device,
-                seed=t.seed + index, channels_last=self.channels_last,
+                images,
+                labels,
+                t.batch_size,
+                data.mean,
+                data.std,
+                device=self.device,
+                seed=t.seed + index,
+                channels_last=self.channels_last,
             )
             for index in self.indices
-        ]  # fmt: skip
+        ]
         self._epochs: list[Any] = [iter(()) for _ in range(n)]
         self.test_images = as_tensor(data.test_images).to(self.device)
         self.test_labels = as_tensor(data.test_labels).to(self.device)
@@ -265,9 +271,14 @@ class FusedTrainer(StackedNetworks):
         """Every network on the same test batches; one metrics dict per network."""
         self.base.eval()
         batches = eval_batches(
-            self.test_images, self.test_labels, self.config.train.eval_batch_size,
-            self.mean, self.std, self.device, channels_last=self.channels_last,
-        )  # fmt: skip
+            self.test_images,
+            self.test_labels,
+            self.config.train.eval_batch_size,
+            self.mean,
+            self.std,
+            self.device,
+            channels_last=self.channels_last,
+        )
         loss_sum = torch.zeros(self.size, device=self.device)
         correct = torch.zeros(self.size, device=self.device, dtype=torch.long)
         probabilities = []

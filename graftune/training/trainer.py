@@ -85,9 +85,15 @@ class Trainer:
         # dicts all stay on self.model; only the forward passes go through self.network.
         self.network = torch.compile(self.model) if config.model.compile else self.model
         self.batches = TrainBatches(
-            data.train_images, data.train_labels, t.batch_size, data.mean, data.std,
-            device=self.device, seed=self.seed, channels_last=config.model.channels_last,
-        )  # fmt: skip
+            data.train_images,
+            data.train_labels,
+            t.batch_size,
+            data.mean,
+            data.std,
+            device=self.device,
+            seed=self.seed,
+            channels_last=config.model.channels_last,
+        )
         # The test set moves to the device once, as uint8: no host round trip per eval batch.
         self.test_images = as_tensor(data.test_images).to(self.device)
         self.test_labels = as_tensor(data.test_labels).to(self.device)
@@ -96,9 +102,11 @@ class Trainer:
         self.total_steps = t.epochs * self.steps_per_epoch
         self.peak_lr = initial_lr(t.lr, index, config.population.num_models, t.diff_lr)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=self.peak_lr, momentum=t.momentum,
+            self.model.parameters(),
+            lr=self.peak_lr,
+            momentum=t.momentum,
             weight_decay=t.weight_decay,
-        )  # fmt: skip
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.policy = GraftPolicy.from_config(config.graft)
         self.noise = torch.Generator().manual_seed(self.seed)
@@ -201,9 +209,14 @@ class Trainer:
         """Test loss and top-1 accuracy; optionally the softmax outputs for the ensemble."""
         self.model.eval()
         batches = eval_batches(
-            self.test_images, self.test_labels, self.config.train.eval_batch_size,
-            self.mean, self.std, self.device, channels_last=self.config.model.channels_last,
-        )  # fmt: skip
+            self.test_images,
+            self.test_labels,
+            self.config.train.eval_batch_size,
+            self.mean,
+            self.std,
+            self.device,
+            channels_last=self.config.model.channels_last,
+        )
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         probabilities = []

@@ -1,0 +1,83 @@
+"""A search's input, checked before Ray starts: its flags, its search space and its folder.
+Every refusal is a :class:`~graftune.config.ConfigError` naming the flag."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ray import tune
+
+from graftune.commands.cli import config_from_args, typed_settings
+from graftune.commands.search_state import STATE_FILE, SearchState
+from graftune.commands.searchspace import load_search_space
+from graftune.config import Config, ConfigError, flag_name, from_flat, validate, with_overrides
+from graftune.models import list_models
+from graftune.tracking.tracker import resolve_tracking_uri
+
+
+def prepare(args: argparse.Namespace) -> tuple[Config, SearchState]:
+    """The fixed settings and the search (with its space when it is new, from its folder
+    when it is resumed)."""
+    if "://" in args.storage_path:  # state and population files are written with pathlib
+        raise ConfigError(
+            f"--storage-path {args.storage_path}: URIs are not supported yet; use a local "
+            "path, or one on a filesystem every node mounts (see cluster/README.md)"
+        )
+    storage = Path(args.storage_path).expanduser().resolve()
+    name = args.name or (Path(args.search_space).stem if args.search_space else "")
+    if not name:
+        raise ConfigError("--search-space is required (or --name with --resume)")
+    path = storage / name
+    if args.resume_search:
+        if not tune.Tuner.can_restore(str(path)) or not (path / STATE_FILE).exists():
+            raise ConfigError(f"--resume: no search to continue at {path}; check --name")
+        state = SearchState.load(path)
+        if args.output:
+            state.output = str(Path(args.output).resolve())
+        return from_flat(state.settings), state
+    if not args.search_space:
+        raise ConfigError("--search-space is required")
+    if tune.Tuner.can_restore(str(path)):
+        raise ConfigError(
+            f"--name {name}: a search already exists at {path}; "
+            f"add --resume to continue it or pick another --name"
+        )
+    check_search_flags(args)
+    config = validate(config_from_args(args), known_models=list_models())
+    space = load_search_space(args.search_space, config, list_models())
+    fixed = sorted(set(typed_settings(args)) & set(space.settings))
+    if fixed:
+        raise ConfigError(
+            f"{flag_name(fixed[0])} is searched by {args.search_space}; drop the flag or the key"
+        )
+    return absolute_paths(config, path), SearchState(name, str(path), space=space)
+
+
+def check_search_flags(args: argparse.Namespace) -> None:
+    rules = [
+        (args.num_samples is None or args.num_samples >= 1, "--num-samples", ">= 1"),
+        (args.grace_period >= 1, "--grace-period", ">= 1"),
+        (args.reduction_factor > 1, "--reduction-factor", "> 1"),
+        (args.max_concurrent_trials >= 0, "--max-concurrent-trials", ">= 0"),
+    ]
+    for ok, flag, rule in rules:
+        if not ok:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            raise ConfigError(f"{flag} must be {rule}; got {value}")
+
+
+def absolute_paths(config: Config, path: Path) -> Config:
+    """Trials run in their own working directories: give them absolute places to write.
+    Population checkpoints default to the search's folder, beside Tune's."""
+    checkpoints = config.population.checkpoint_dir
+    if checkpoints == Config().population.checkpoint_dir:
+        checkpoints = str(path / "populations")
+    return with_overrides(
+        config,
+        {
+            "tracking_uri": resolve_tracking_uri(config.tracking.tracking_uri),
+            "checkpoint_dir": str(Path(checkpoints).expanduser().resolve()),
+            "data_dir": str(Path(config.data.data_dir).expanduser().resolve()),
+        },
+    )
