@@ -28,11 +28,18 @@ from graftune.config import Config
 from graftune.core import GraftPolicy, find_graft_units, l1_invalid_counts, unit_keys
 from graftune.core.distill import distill_loss
 from graftune.core.graft import as_tensor
-from graftune.data import ImageSet, TrainBatches, eval_batches
+from graftune.data import ImageSet, TrainBatches
 from graftune.models import create_model
 from graftune.training.cuda_graph import WARMUP_STEPS, CudaGraphStep
 from graftune.training.stacked import StackedNetworks
-from graftune.training.trainer import Trainer, autocast, autocast_dtype, initial_lr, lr_factor
+from graftune.training.trainer import (
+    Trainer,
+    autocast,
+    autocast_dtype,
+    evaluation_batches,
+    initial_lr,
+    lr_factor,
+)
 
 
 def fusable(model_name: str, num_classes: int = 10, image_size: int = 32) -> str:
@@ -270,15 +277,7 @@ class FusedTrainer(StackedNetworks):
     def evaluate(self, with_probabilities: bool = False) -> list[dict[str, Any]]:
         """Every network on the same test batches; one metrics dict per network."""
         self.base.eval()
-        batches = eval_batches(
-            self.test_images,
-            self.test_labels,
-            self.config.train.eval_batch_size,
-            self.mean,
-            self.std,
-            self.device,
-            channels_last=self.channels_last,
-        )
+        batches = evaluation_batches(self, self.channels_last)
         loss_sum = torch.zeros(self.size, device=self.device)
         correct = torch.zeros(self.size, device=self.device, dtype=torch.long)
         probabilities = []

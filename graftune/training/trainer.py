@@ -65,6 +65,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def evaluation_batches(owner: Any, channels_last: bool):
+    """The test set in evaluation batches on ``owner``'s device (a Trainer or FusedTrainer,
+    which both hold it there as uint8)."""
+    return eval_batches(
+        owner.test_images,
+        owner.test_labels,
+        owner.config.train.eval_batch_size,
+        owner.mean,
+        owner.std,
+        owner.device,
+        channels_last=channels_last,
+    )
+
+
 class Trainer:
     """Trains network ``index`` of a population of ``config.population.num_models``."""
 
@@ -208,15 +222,7 @@ class Trainer:
     def evaluate(self, with_probabilities: bool = False) -> dict[str, Any]:
         """Test loss and top-1 accuracy; optionally the softmax outputs for the ensemble."""
         self.model.eval()
-        batches = eval_batches(
-            self.test_images,
-            self.test_labels,
-            self.config.train.eval_batch_size,
-            self.mean,
-            self.std,
-            self.device,
-            channels_last=self.config.model.channels_last,
-        )
+        batches = evaluation_batches(self, self.config.model.channels_last)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         probabilities = []
