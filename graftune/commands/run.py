@@ -7,6 +7,7 @@ python -m graftune.run --resume RUN_ID                     # continue a stopped 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -24,6 +25,7 @@ from graftune.commands.cli import (
 from graftune.config import Config, ConfigError, from_flat, validate
 from graftune.data import DataError, ImageSet, load_dataset
 from graftune.models import list_models
+from graftune.tracking.interrupt import EXIT_INTERRUPTED, RunStopped, exit_on_interrupt
 from graftune.tracking.tracker import browse_command, open_store
 
 console = Console(stderr=True)
@@ -57,6 +59,16 @@ def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return train(argv)
+    except KeyboardInterrupt as stop:  # one line and 130, not a traceback through Ray
+        line = stop.line if isinstance(stop, RunStopped) else "graftune: stopped before training"
+        exit_on_interrupt(line)  # Ray's and MLflow's exit handlers still run: Ctrl-C ends them
+        print(line, file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def train(argv: list[str] | None) -> int:
     quiet_libraries()
     try:
         config, data, resume = prepare(argv)

@@ -33,6 +33,7 @@ from graftune.tracking.checkpoint import (
 )
 from graftune.tracking.dataset_input import dataset_inputs
 from graftune.tracking.description import run_description
+from graftune.tracking.interrupt import RunStopped, exit_on_interrupt, stopped_line
 from graftune.tracking.logged_models import best_network, log_networks
 from graftune.tracking.tracker import (
     BEST_MODEL_ID_TAG,
@@ -133,7 +134,8 @@ def run_experiment(
     result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
     tracker.set_description(run_description(config, data, history))
     population = Population(config, ray.put(data), data.test_labels, placement, bundle_offset)
-    status = "FAILED"
+    status, saved_round = "FAILED", payload["round"] if payload else None  # last checkpoint
+    restore_interrupt = None
     try:
         if config.tracking.system_metrics:  # inside the try: finish() stops the sampling
             tracker.start_system_metrics(resume=payload is not None)
@@ -147,6 +149,7 @@ def run_experiment(
             on_start(population, population.num_rounds)
 
         def finish_round(round_result: RoundResult) -> None:
+            nonlocal saved_round
             add_best_over_rounds(history, round_result)
             history.append(round_result.as_history())
             records.extend(round_result.records)
@@ -158,6 +161,7 @@ def run_experiment(
                 state = _payload(config, round_result.round, population, history, records)
                 state["resumes"] = resumes
                 round_result.checkpoint = str(save_checkpoint(path, state))
+                saved_round = round_result.round
             if on_round is not None:
                 on_round(round_result)
 
@@ -167,15 +171,19 @@ def run_experiment(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        stop = RunStopped(stopped_line(tracker.run_id, saved_round, config.tracking.tracking_uri))
+        restore_interrupt = exit_on_interrupt(stop.line)  # a second Ctrl-C skips the cleanup
+        raise stop from None
     finally:
-        population.shutdown()
+        population.shutdown()  # first: the workers go even if the store below is slow
         tracker.set_description(
             run_description(
                 config, data, history, status, result.best, tracker.run_id, result.registered
             )
         )
         tracker.finish(status)
+        if restore_interrupt is not None:
+            restore_interrupt()
     return result
 
 
