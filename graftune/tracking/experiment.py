@@ -34,6 +34,7 @@ from graftune.tracking.checkpoint import (
 from graftune.tracking.dataset_input import dataset_inputs
 from graftune.tracking.description import run_description
 from graftune.tracking.interrupt import RunStopped, exit_on_interrupt, stopped_line
+from graftune.tracking.lease import DriverLease, acquire, lease_path
 from graftune.tracking.logged_models import best_network, log_networks
 from graftune.tracking.tracker import (
     BEST_MODEL_ID_TAG,
@@ -66,7 +67,10 @@ class ExperimentResult:
 
 
 def stopped_checkpoint(run_id: str, tracking_uri: str) -> tuple[dict[str, Any], str]:
-    """The last checkpoint of a stopped run and its path: its settings are the truth."""
+    """The last checkpoint of a stopped run and its path: its settings are the truth.
+
+    This process takes the run's lease; :class:`~graftune.tracking.lease.LeaseHeld` (a
+    ValueError) if a live driver holds it."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     try:
         path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG, "")
@@ -76,6 +80,7 @@ def stopped_checkpoint(run_id: str, tracking_uri: str) -> tuple[dict[str, Any], 
         ) from None
     if not path or not Path(path).exists():
         raise ValueError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
+    acquire(lease_path(path), run_id)  # before anything starts: one driver per run
     return load_checkpoint(path), path
 
 
@@ -122,7 +127,11 @@ def run_experiment(
             caller before anything starts.
     """
     payload, path = resume
+    lease = None
+    if payload is not None:  # before the run is reopened: a held run stays as it is
+        lease = DriverLease(lease_path(path), config.population.resume).hold()
     tracker, path = _open_run(config, data, payload, path, parent_run_id)
+    lease = lease or DriverLease(lease_path(path), tracker.run_id).hold()
     resumes = 0
     if payload is not None:  # each resume and what it changed; later checkpoints carry it
         resumes = int(payload.get("resumes", 0)) + 1
@@ -182,6 +191,7 @@ def run_experiment(
             )
         )
         tracker.finish(status)
+        lease.release()
         if restore_interrupt is not None:
             restore_interrupt()
     return result

@@ -1,9 +1,11 @@
-"""Ctrl-C on a real driver process: one line with the exact --resume command, exit 130, the
-run KILLED and its workers gone; a second Ctrl-C exits at once even when cleanup is stuck."""
+"""A real driver process: Ctrl-C gives one line with the exact --resume command, exit 130,
+the run KILLED and its workers gone; a second Ctrl-C exits at once even when cleanup is
+stuck; and a second driver cannot resume the run while the first is alive."""
 
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +17,9 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from conftest import smoke_args
+from graftune.commands import run
 from graftune.tracking.interrupt import EXIT_INTERRUPTED
+from graftune.tracking.lease import read_lease
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
@@ -63,10 +67,20 @@ def wait_until_gone(pids: list[int], timeout: float = 60) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
-def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path):
+def resume_args(tmp_path, run_id) -> list[str]:
+    return ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--resume", run_id]
+
+
+def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, capsys):
     driver, log = start_driver(tmp_path)
     client, run_id = wait_for_first_round(tmp_path, driver)
     pids = worker_pids(client, run_id)
+    with pytest.raises(SystemExit) as refused:  # a second driver, while the first runs
+        run.main(resume_args(tmp_path, run_id))
+    assert refused.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    held = f"--resume {run_id}: the run is held by a live driver on {socket.gethostname()} "
+    assert held in line and f"(pid {driver.pid}," in line and "driver.json" in line
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) == EXIT_INTERRUPTED
     log.close()
@@ -81,6 +95,7 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path):
     )
     assert client.get_run(run_id).info.status == "KILLED"
     assert wait_until_gone(pids) == []
+    assert not list((tmp_path / "checkpoints").glob("*/driver.json"))  # released
 
 
 def test_second_ctrl_c_exits_while_cleanup_waits_for_a_locked_store(tmp_path):
@@ -103,3 +118,8 @@ def test_second_ctrl_c_exits_while_cleanup_waits_for_a_locked_store(tmp_path):
     output = (tmp_path / "driver.log").read_text()
     assert "Traceback" not in output, output
     assert f"--resume {run_id}" in output
+    # It had no time to release its lease; its process is gone, so a resume takes it over.
+    (lease,) = (tmp_path / "checkpoints").glob("*/driver.json")
+    assert read_lease(lease)["pid"] == driver.pid
+    run.prepare(resume_args(tmp_path, run_id))
+    assert read_lease(lease)["pid"] == os.getpid()
