@@ -61,7 +61,7 @@ class FusedTrainer:
         self, config: Config, indices: Sequence[int], data: ImageSet, device: str | None = None
     ):
         self.config, self.indices = config, list(indices)
-        t, n = config.train, len(indices)
+        t = config.train
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         models = []
         for index in self.indices:  # seeded as a separate Trainer seeds: the same weights
@@ -89,7 +89,6 @@ class FusedTrainer:
             )
             for index in self.indices
         ]  # fmt: skip
-        self._epochs: list[Any] = [iter(()) for _ in range(n)]
         self.test_images = as_tensor(data.test_images).to(self.device)
         self.test_labels = as_tensor(data.test_labels).to(self.device)
         self.mean, self.std = data.mean, data.std
@@ -129,14 +128,7 @@ class FusedTrainer:
         return [peak * factor for peak in self.peak_lr]
 
     def _next_batches(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for j, batches in enumerate(self.batches):
-            batch = next(self._epochs[j], None)
-            if batch is None:  # an interval may cross an epoch boundary: reshuffle, go on
-                self._epochs[j] = batches.epoch()
-                batch = next(self._epochs[j])
-            xs.append(batch[0])
-            ys.append(batch[1])
+        xs, ys = zip(*(batches.next_batch() for batches in self.batches))
         return torch.stack(xs), torch.stack(ys)
 
     def _autocast(self):
@@ -345,7 +337,6 @@ class FusedTrainer:
                 self.momentum[k][j].copy_(buf) if buf is not None else self.momentum[k][j].zero_()
             self.batches[j].load_state_dict(state["batches"])
             self.noise[j].set_state(state["noise"])
-            self._epochs[j] = iter(())  # the next interval starts a fresh epoch
         self.step = int(states[0]["step"])
         return self.step
 

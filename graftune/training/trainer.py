@@ -101,7 +101,6 @@ class Trainer:
         self.noise = torch.Generator().manual_seed(self.seed)
         self.autocast = autocast_dtype(config.model.precision, self.device)
         self.step = 0
-        self._epoch = iter(())
 
     def _lr_factor(self, step: int) -> float:
         return lr_factor(self.config.train, step, self.steps_per_epoch, self.total_steps)
@@ -135,13 +134,6 @@ class Trainer:
     def num_rounds(self) -> int:
         return math.ceil(self.total_steps / self.steps_per_round)
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = next(self._epoch, None)
-        if batch is None:  # an interval may cross an epoch boundary: reshuffle and go on
-            self._epoch = self.batches.epoch()
-            batch = next(self._epoch)
-        return batch
-
     def train_interval(self, steps: int | None = None) -> dict[str, float]:
         """Train one graft interval (or ``steps``), never past the end of the schedule.
 
@@ -155,7 +147,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for _ in range(steps):
-            x, y = self._next_batch()
+            x, y = self.batches.next_batch()
             with autocast(self.device, self.autocast):
                 out = self.network(x)
             loss = F.cross_entropy(out.float(), y)
@@ -250,7 +242,8 @@ class Trainer:
             m.momentum = momentum
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, momentum, schedule, data order."""
+        """Everything needed to continue exactly: weights, momentum, schedule, and the data
+        order and position in the epoch."""
         # Copies, not views: a caller holding this state must not see training go on.
         return {
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
@@ -268,4 +261,3 @@ class Trainer:
         self.batches.load_state_dict(state["batches"])
         self.noise.set_state(state["noise"])
         self.step = int(state["step"])
-        self._epoch = iter(())  # the next interval starts a fresh epoch from the saved order
