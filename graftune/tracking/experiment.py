@@ -129,7 +129,11 @@ def run_experiment(
     payload, path = resume
     lease = None
     if payload is not None:  # before the run is reopened: a held run stays as it is
-        lease = DriverLease(lease_path(path), config.population.resume).hold()
+        # Tune restores a trial (it brings its placement group) only once its last run has
+        # ended; the old trial process may still be on its way out: take its lease over.
+        lease = DriverLease(lease_path(path), config.population.resume).hold(
+            take_over=placement is not None
+        )
     tracker, path = _open_run(config, data, payload, path, parent_run_id)
     lease = lease or DriverLease(lease_path(path), tracker.run_id).hold()
     resumes = 0

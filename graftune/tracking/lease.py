@@ -144,8 +144,13 @@ class DriverLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self) -> DriverLease:
-        acquire(self.path, self.run_id)
+    def hold(self, take_over: bool = False) -> DriverLease:
+        """Take the lease (``take_over``: whoever holds it) and keep its heartbeat going."""
+        if take_over:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write(self.path)
+        else:
+            acquire(self.path, self.run_id)
         self._thread = threading.Thread(target=self._beat, name="graftune-lease", daemon=True)
         self._thread.start()
         return self
