@@ -97,3 +97,23 @@ def test_a_lease_taken_by_hand_is_not_written_over(tmp_path, other_process):
     assert not held._thread.is_alive()  # the heartbeat saw it and stopped
     held.release()
     assert read_lease(path)["pid"] == other_process.pid
+
+
+def test_a_rivals_new_lease_is_never_removed(tmp_path, other_process, monkeypatch):
+    """Two drivers find the same dead lease; the second moves aside what the first has
+    just written. It must put that back and refuse, not run beside the first."""
+    path = tmp_path / "driver.json"
+    started = psutil.Process(other_process.pid).create_time() - 3600
+    write_holder(path, socket.gethostname(), other_process.pid, started, time.time())  # gone
+    judged = lease_module.holder_alive
+
+    def rival_takes_it_right_after(holder, now=None):
+        verdict = judged(holder, now)
+        live_holder(path, other_process)  # the rival's fresh lease
+        return verdict
+
+    monkeypatch.setattr(lease_module, "holder_alive", rival_takes_it_right_after)
+    with pytest.raises(LeaseHeld, match=f"pid {other_process.pid},"):
+        acquire(path, "r1")
+    holder = read_lease(path)
+    assert holder["pid"] == other_process.pid and holder["started"] > started

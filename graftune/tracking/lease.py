@@ -108,6 +108,8 @@ def acquire(path: Path, run_id: str) -> None:
             moved = read_lease(aside) or {}
             try:
                 os.link(aside, path)
+            except FileExistsError:
+                pass  # a third driver got there meanwhile: it holds the run now
             finally:
                 aside.unlink(missing_ok=True)
             raise LeaseHeld(held_message(run_id, path, moved))
