@@ -7,6 +7,8 @@ python -m graftune.run --resume RUN_ID                     # continue a stopped 
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -18,6 +20,7 @@ from graftune.config import Config, from_flat, validate
 from graftune.data import ImageSet
 from graftune.models import list_models
 from graftune.tracking.checkpoint import Resume, check_compatible
+from graftune.tracking.interrupt import EXIT_INTERRUPTED, RunStopped, exit_on_interrupt
 from graftune.tracking.tracker import browse_command
 
 console = Console(stderr=True)
@@ -54,6 +57,16 @@ def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Resume | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return train(argv)
+    except KeyboardInterrupt as stop:  # one line and 130, not a traceback through Ray
+        line = stop.line if isinstance(stop, RunStopped) else "graftune: stopped before training"
+        exit_on_interrupt(line)  # Ray's and MLflow's exit handlers still run: Ctrl-C ends them
+        print(line, file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def train(argv: list[str] | None) -> int:
     startup = start(build_parser(), argv, configure)
     config, data, resume = startup.config, startup.data, startup.extra
     from graftune.tracking.experiment import run_experiment

@@ -78,24 +78,41 @@ class TrainBatches:
         # The random draws use a CPU generator and move once per epoch: the same seed gives
         # the same data order on any device, and a checkpoint resumes on another device.
         self.generator = torch.Generator().manual_seed(seed)
+        # The running epoch of next_batch(): the generator state that drew it, its draws,
+        # and how many of its batches are taken. A state dict holds the first and the
+        # last, so a resume mid-epoch draws the same epoch again and goes on where it was.
+        self._epoch_seed: torch.Tensor | None = None
+        self._draws: torch.Tensor | None = None
+        self.position = 0
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of (x float32 [B, C, H, W], y int64 [B]); draws its randomness now."""
+        draws = self._draw()
+        return (self._batch(draws, step) for step in range(self.steps_per_epoch))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of the running epoch; at its end a new epoch is drawn, so that
+        graft intervals may cross epoch boundaries."""
+        if self._draws is None or self.position == self.steps_per_epoch:
+            self._epoch_seed = self.generator.get_state()
+            self._draws, self.position = self._draw(), 0
+        self.position += 1
+        return self._batch(self._draws, self.position - 1)
+
+    def _draw(self) -> torch.Tensor:
         n = len(self.images)
         order = torch.randperm(n, generator=self.generator)
         shifts = torch.randint(0, 2 * PAD + 1, (2, n), generator=self.generator)
         flips = torch.randint(0, 2, (n,), generator=self.generator)
-        draws = torch.cat([order[None], shifts, flips[None]]).to(self.device)
-        return self._batches(draws)
+        return torch.cat([order[None], shifts, flips[None]]).to(self.device)
 
-    def _batches(self, draws: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for step in range(self.steps_per_epoch):
-            index, dy, dx, flip = draws[:, step * self.batch_size : (step + 1) * self.batch_size]
-            if self.augment:
-                x = self._crop_flip(index, dy, dx, flip)
-            else:
-                x = self.images[index]
-            yield _normalise(x, self.scale, self.shift, self.channels_last), self.labels[index]
+    def _batch(self, draws: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index, dy, dx, flip = draws[:, step * self.batch_size : (step + 1) * self.batch_size]
+        if self.augment:
+            x = self._crop_flip(index, dy, dx, flip)
+        else:
+            x = self.images[index]
+        return _normalise(x, self.scale, self.shift, self.channels_last), self.labels[index]
 
     def _crop_flip(
         self, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
@@ -116,11 +133,20 @@ class TrainBatches:
         return windows[source, :, dy, dx + flip * (2 * PAD - 2 * dx)]
 
     def state_dict(self) -> dict:
-        """The generator state: a resumed run continues with the same data order."""
-        return {"generator": self.generator.get_state()}
+        """Where next_batch() stands: the generator state that drew the running epoch and the
+        batches taken from it (0: the next batch starts a new epoch from this generator)."""
+        if self._draws is None or self.position == self.steps_per_epoch:
+            return {"generator": self.generator.get_state(), "position": 0}
+        return {"generator": self._epoch_seed.clone(), "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where ``state`` was taken, mid-epoch too (a state without a
+        position, from before positions were kept, starts a new epoch)."""
         self.generator.set_state(state["generator"])
+        self._draws, self.position = None, int(state.get("position", 0))
+        if self.position:
+            self._epoch_seed = self.generator.get_state()
+            self._draws = self._draw()
 
 
 def eval_batches(

@@ -34,6 +34,8 @@ from graftune.tracking.checkpoint import (
 )
 from graftune.tracking.dataset_input import dataset_inputs
 from graftune.tracking.description import run_description
+from graftune.tracking.interrupt import RunStopped, exit_on_interrupt, stopped_line
+from graftune.tracking.lease import DriverLease, acquire, lease_path
 from graftune.tracking.logged_models import best_network, log_networks
 from graftune.tracking.null_tracker import NullTracker
 from graftune.tracking.tracker import (
@@ -79,6 +81,7 @@ def stopped_run(client: MlflowClient, run_id: str) -> Resume:
         ) from None
     if not path or not Path(path).exists():
         raise ConfigError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
+    acquire(lease_path(path), run_id)  # before anything starts: one driver per run
     return Resume(run_id, load_checkpoint(path), path)
 
 
@@ -130,10 +133,19 @@ def run_experiment(
             checkpoints.
         ready_timeout_s: how long the workers may wait for their resources.
     """
+    payload = resume.payload if resume else None
+    lease = None
+    if resume is not None and resume.path:  # before the run is reopened: a held run stays
+        # Tune restores a trial (it brings its placement group) only once its last run has
+        # ended; the old trial process may still be on its way out: take its lease over.
+        lease = DriverLease(lease_path(resume.path), resume.run_id).hold(
+            take_over=placement is not None
+        )
     if tracker is None:
         tracker = open_tracker(config, resume.run_id if resume else "", parent_run_id)
-    payload = resume.payload if resume else None
     path = _start_run(tracker, config, data, resume)
+    if lease is None and path:  # a tracker that records nothing has no checkpoint to hold
+        lease = DriverLease(lease_path(path), tracker.run_id).hold()
     resumes = 0
     if payload is not None:  # each resume and what it changed; later checkpoints carry it
         resumes = int(payload.get("resumes", 0)) + 1
@@ -145,7 +157,8 @@ def run_experiment(
     result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
     tracker.set_description(run_description(config, data, history))
     population = Population(config, ray.put(data), data.test_labels, placement, bundle_offset)
-    status = "FAILED"
+    status, saved_round = "FAILED", payload["round"] if payload else None  # last checkpoint
+    restore_interrupt = None
     try:
         if config.tracking.system_metrics:  # inside the try: finish() stops the sampling
             tracker.start_system_metrics(resume=payload is not None)
@@ -159,6 +172,7 @@ def run_experiment(
             on_start(population, population.num_rounds)
 
         def finish_round(round_result: RoundResult) -> None:
+            nonlocal saved_round
             add_best_over_rounds(history, round_result)
             history.append(round_result.as_history())
             records.extend(round_result.records)
@@ -171,6 +185,7 @@ def run_experiment(
                 state = _payload(config, round_result.round, population, history, records)
                 state["resumes"] = resumes
                 round_result.checkpoint = str(save_checkpoint(path, state))
+                saved_round = round_result.round
             if on_round is not None:
                 on_round(round_result)
 
@@ -183,15 +198,21 @@ def run_experiment(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        stop = RunStopped(stopped_line(tracker.run_id, saved_round, config.tracking.tracking_uri))
+        restore_interrupt = exit_on_interrupt(stop.line)  # a second Ctrl-C skips the cleanup
+        raise stop from None
     finally:
-        population.shutdown()
+        population.shutdown()  # first: the workers go even if the store below is slow
         tracker.set_description(
             run_description(
                 config, data, history, status, result.best, tracker.run_id, result.registered
             )
         )
         tracker.finish(status)
+        if lease is not None:
+            lease.release()
+        if restore_interrupt is not None:
+            restore_interrupt()
     return result
 
 

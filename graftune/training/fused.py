@@ -101,7 +101,6 @@ class FusedTrainer(StackedNetworks):
             )
             for index in self.indices
         ]
-        self._epochs: list[Any] = [iter(()) for _ in range(n)]
         self.test_images = as_tensor(data.test_images).to(self.device)
         self.test_labels = as_tensor(data.test_labels).to(self.device)
         self.mean, self.std = data.mean, data.std
@@ -151,14 +150,7 @@ class FusedTrainer(StackedNetworks):
         return [peak * factor for peak in self.peak_lr]
 
     def _next_batches(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for j, batches in enumerate(self.batches):
-            batch = next(self._epochs[j], None)
-            if batch is None:  # an interval may cross an epoch boundary: reshuffle, go on
-                self._epochs[j] = batches.epoch()
-                batch = next(self._epochs[j])
-            xs.append(batch[0])
-            ys.append(batch[1])
+        xs, ys = zip(*(batches.next_batch() for batches in self.batches))
         return torch.stack(xs), torch.stack(ys)
 
     def _autocast(self):

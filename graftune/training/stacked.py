@@ -148,7 +148,6 @@ class StackedNetworks:
                 self.momentum[k][j].copy_(buf) if buf is not None else self.momentum[k][j].zero_()
             self.batches[j].load_state_dict(state["batches"])
             self.noise[j].set_state(state["noise"])
-            self._epochs[j] = iter(())  # the next interval starts a fresh epoch
         self.step = int(states[0]["step"])
         if self.teachers is not None:  # a resumed run has the teachers its checkpoint has
             self.teachers = None

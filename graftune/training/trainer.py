@@ -127,7 +127,6 @@ class Trainer:
         self.autocast = autocast_dtype(config.model.precision, self.device)
         self.teacher: torch.nn.Module | None = None  # the predecessor, from the first graft on
         self.step = 0
-        self._epoch = iter(())
 
     def _lr_factor(self, step: int) -> float:
         return lr_factor(self.config.train, step, self.steps_per_epoch, self.total_steps)
@@ -161,13 +160,6 @@ class Trainer:
     def num_rounds(self) -> int:
         return math.ceil(self.total_steps / self.steps_per_round)
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = next(self._epoch, None)
-        if batch is None:  # an interval may cross an epoch boundary: reshuffle and go on
-            self._epoch = self.batches.epoch()
-            batch = next(self._epoch)
-        return batch
-
     def train_interval(self, steps: int | None = None) -> dict[str, float]:
         """Train one graft interval (or ``steps``), never past the end of the schedule.
 
@@ -186,7 +178,7 @@ class Trainer:
             self.config.train.distill_temperature,
         )
         for _ in range(steps):
-            x, y = self._next_batch()
+            x, y = self.batches.next_batch()
             with autocast(self.device, self.autocast):
                 out = self.network(x)
             loss = F.cross_entropy(out.float(), y)
@@ -307,7 +299,8 @@ class Trainer:
             m.momentum = momentum
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, momentum, schedule, data order."""
+        """Everything needed to continue exactly: weights, momentum, schedule, and the data
+        order and position in the epoch."""
         # Copies, not views: a caller holding this state must not see training go on.
         return {
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
@@ -328,4 +321,3 @@ class Trainer:
         self.step = int(state["step"])
         self.teacher = None
         self.set_teacher(state.get("teacher"))  # checkpoints from before distillation: None
-        self._epoch = iter(())  # the next interval starts a fresh epoch from the saved order
