@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
@@ -21,7 +21,6 @@ from graftune.commands.libraries import quiet_libraries
 from graftune.commands.searchspace import trial_config
 from graftune.config import Config, with_overrides
 from graftune.data import ImageSet
-from graftune.population.population import RoundResult
 from graftune.population.resources import worker_layout
 from graftune.tracking.checkpoint import (
     CHECKPOINT_NAME,
@@ -30,6 +29,9 @@ from graftune.tracking.checkpoint import (
     checkpoint_path,
     load_checkpoint,
 )
+
+if TYPE_CHECKING:  # torch and plotting are imported only inside trials
+    from graftune.tracking.experiment import LoggedRound
 
 TRIAL_FILE = "trial.json"  # beside population.pt in a trial's Tune checkpoint
 DRIVER_BUNDLE = {"CPU": 1.0}  # the trial's own process: it waits on its workers most of the time
@@ -52,7 +54,7 @@ def run_trial(params: dict[str, Any], base: Config, data: ImageSet, parent_run_i
     reported after the run has logged its final artifacts, so a stop decision at that
     report cannot cut them off.
     """
-    from graftune.tracking.experiment import run_experiment  # torch and plotting: only in trials
+    from graftune.tracking.experiment import LoggedRound, run_experiment  # only in trials
 
     quiet_libraries()
     placement = ray.util.get_current_placement_group()
@@ -86,7 +88,7 @@ def run_trial(params: dict[str, Any], base: Config, data: ImageSet, parent_run_i
         final = done.final
         reports.extra["num_rounds"] = final["round"]
         report_round(
-            RoundResult(final["round"], [], final["population"], run_id=done.run_id), reports.extra
+            LoggedRound(final["round"], [], final["population"], run_id=done.run_id), reports.extra
         )
 
 
@@ -98,13 +100,13 @@ class TrialReports:
 
     extra: dict[str, Any]  # reported with every round: population size, bundles, rounds
     num_rounds: int = 0
-    last: RoundResult | None = None
+    last: LoggedRound | None = None
 
     def on_start(self, population: Any, num_rounds: int) -> None:
         self.num_rounds = num_rounds
         self.extra["num_rounds"] = num_rounds
 
-    def on_round(self, result: RoundResult) -> None:
+    def on_round(self, result: LoggedRound) -> None:
         if result.round < self.num_rounds:
             report_round(result, self.extra)
         else:
@@ -130,7 +132,7 @@ def restore_trial(config: Config, checkpoint) -> tuple[Config, Resume | None]:
     return config, Resume(run_id, payload, str(path))
 
 
-def report_round(result: RoundResult, extra: dict[str, Any]) -> None:
+def report_round(result: LoggedRound, extra: dict[str, Any]) -> None:
     """Population metrics to Tune; with a copy of the population checkpoint when one was
     written this round (Tune keeps the copy, so a restored trial can go on from it)."""
     metrics = {**result.population, "round": result.round, **extra, "run_id": result.run_id}

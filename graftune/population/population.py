@@ -38,8 +38,6 @@ class RoundResult:
     population: dict[str, float]  # mean, best and ensemble test accuracy
     records: list[dict[str, Any]] = field(default_factory=list)  # entropy/alpha per unit
     events: list[str] = field(default_factory=list)  # restarts and restorations, as text
-    run_id: str = ""  # set by the experiment: the MLflow run this round was logged to
-    checkpoint: str = ""  # set by the experiment: the checkpoint written after this round
 
     def as_history(self) -> dict[str, Any]:
         return {"round": self.round, "networks": self.networks, "population": self.population}

@@ -70,6 +70,14 @@ class ExperimentResult:
         return self.history[-1] if self.history else {}
 
 
+@dataclass
+class LoggedRound(RoundResult):
+    """A finished round as the experiment recorded it: where it was logged and checkpointed."""
+
+    run_id: str = ""  # the MLflow run this round was logged to
+    checkpoint: str = ""  # the checkpoint written after this round ("" if none was)
+
+
 def stopped_run(client: MlflowClient, run_id: str) -> Resume:
     """The stopped run ``run_id`` of the store ``client`` reads, with its last checkpoint:
     its settings are the truth. The run is fetched once, here."""
@@ -108,7 +116,7 @@ def resume_overrides(config: Config, payload: dict[str, Any]) -> dict[str, Any]:
 def run_experiment(
     config: Config,
     data: ImageSet,
-    on_round: Callable[[RoundResult], None] | None = None,
+    on_round: Callable[[LoggedRound], None] | None = None,
     on_start: Callable[[Population, int], None] | None = None,
     placement: Any = None,
     bundle_offset: int = 0,
@@ -178,16 +186,16 @@ def run_experiment(
             records.extend(round_result.records)
             result.events.extend(round_result.events)
             tracker.log_round(round_result.round, round_result.networks, round_result.population)
-            round_result.run_id = tracker.run_id
+            logged = LoggedRound(**vars(round_result), run_id=tracker.run_id)
             last = round_result.round == population.num_rounds
             due = last or round_result.round % config.population.checkpoint_every == 0
             if path and due:
                 state = _payload(config, round_result.round, population, history, records)
                 state["resumes"] = resumes
-                round_result.checkpoint = str(save_checkpoint(path, state))
+                logged.checkpoint = str(save_checkpoint(path, state))
                 saved_round = round_result.round
             if on_round is not None:
-                on_round(round_result)
+                on_round(logged)
 
         run_population(population, first_round, finish_round)
         result.best = best_network(result.final)
