@@ -11,7 +11,8 @@ from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
 from graftune.tracking.checkpoint import load_checkpoint
 from graftune.tracking.experiment import resume_payload, run_experiment
-from graftune.training.fused import FusedTrainer, TrainerGroup
+from graftune.training.fused import FusedTrainer
+from graftune.training.group import TrainerGroup
 
 # 256 images in batches of 32: 8 steps an epoch; intervals of 3 end mid-epoch (after
 # steps 3, 6, 9) and cross an epoch boundary (steps 7-9).
