@@ -90,3 +90,21 @@ def test_library_chatter_stays_off_the_console_unless_verbose(tmp_path):
     assert [line for line in CHATTER if line in console] == []
     verbose = tiny_run(tmp_path / "verbose", "--verbose")
     assert [line for line in CHATTER if line in verbose.stdout + verbose.stderr] == list(CHATTER)
+
+
+def test_rays_worker_death_message_is_dropped_and_others_pass(monkeypatch, capsys):
+    """graftune reports a dead worker in one line; Ray's own multi-line message about it is
+    kept off the console, and any other message Ray prints still gets through."""
+    from ray._private import worker as ray_worker
+
+    from graftune.commands.libraries import WORKER_DIED, drop_ray_worker_death_messages
+
+    printed = []
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda data, _: printed.append(data))
+    drop_ray_worker_death_messages()
+    drop_ray_worker_death_messages()  # twice: still one filter
+    death = {"lines": [f"{WORKER_DIED} by an unexpected system error. ..."], "pid": "raylet"}
+    other = {"lines": ["The node with node id abc has been marked dead"], "pid": "raylet"}
+    ray_worker.print_to_stdstream(death, False)
+    ray_worker.print_to_stdstream(other, False)
+    assert printed == [other]

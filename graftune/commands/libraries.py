@@ -30,6 +30,32 @@ def quiet_libraries(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+WORKER_DIED = "A worker died or was killed while executing a task"
+
+
+def drop_ray_worker_death_messages() -> None:
+    """Keep Ray's own multi-line "A worker died or was killed ..." off the console: the
+    population says which worker died, where, and what happens next in one line of its own
+    (population/liveness.py). Ray prints it from a thread of the driver through
+    ``ray._private.worker.print_to_stdstream``, and no setting turns it off, so that one
+    function is wrapped; every other message passes, and without the function (another Ray)
+    nothing changes. The message stays in Ray's logs."""
+    from ray._private import worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "graftune_filter", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix):
+        lines = data.get("lines", ()) if isinstance(data, dict) else ()
+        if data.get("pid") == "raylet" and any(WORKER_DIED in str(line) for line in lines):
+            return None
+        return original(data, ignore_prefix)
+
+    print_to_stdstream.graftune_filter = True
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
 def init_ray(num_cpus: int | None = None, verbose: bool = False) -> str:
     """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or start a local
     Ray; returns where we run. The dashboard of a local Ray stays off and on localhost."""
@@ -37,6 +63,8 @@ def init_ray(num_cpus: int | None = None, verbose: bool = False) -> str:
 
     if ray.is_initialized():
         return "already connected"
+    if not verbose:
+        drop_ray_worker_death_messages()
     level = logging.INFO if verbose else logging.WARNING
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, logging_level=level)
