@@ -53,6 +53,7 @@ def kill_one_while_another_is_held(hold: Path, pid: int, lines: Lines, report: d
         (hold / "net1").unlink()  # its replacement trains at once
         wait_until(lambda: any("died" in line for line in lines.lines), "no death reported")
         report["worker 0 held for"] = time.monotonic() - held_since
+        report["worker 0 held at the verdict"] = (hold / "net0").exists()
     finally:
         for k in (0, 1):
             (hold / f"net{k}").unlink(missing_ok=True)
@@ -91,7 +92,10 @@ def test_only_the_killed_worker_is_replaced_and_the_round_redone(tmp_path, hold_
     assert deaths[0].startswith("worker 1 died (network 1, pid ")
     assert f"node {started['node'][:8]}" in deaths[0]
     assert "round 1 starts again from the start" in deaths[0]
-    assert report["worker 0 held for"] > ALIVE_WAIT_S  # longer than the old timeout
+    # Worker 0 was still inside its interval when the deaths were decided: the old code's
+    # ping would have queued behind it, timed out after ALIVE_WAIT_S and reported it dead
+    # too. How long the verdict took is Ray's business (often under ALIVE_WAIT_S).
+    assert report["worker 0 held at the verdict"]
     pids = [info["pid"] for info in result.worker_info]
     assert pids[0] == started["pids"][0] and pids[2] == started["pids"][2]
     assert pids[1] != started["pids"][1]
