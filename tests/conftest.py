@@ -5,6 +5,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from graftune.commands import run
@@ -124,3 +125,36 @@ def run_with_hook_after_round_1(config, hook):
         on_round=after_round,
         on_start=lambda population, rounds: started.append(population),
     )
+
+
+# --- comparing trainers, and stopping a run between a round's evaluation and its graft ---
+
+
+def distance(a: dict, b: dict) -> float:
+    """Relative distance ||a - b|| / ||b|| over every float tensor of a network's state."""
+    keys = [k for k, v in b.items() if v.is_floating_point()]
+    diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in keys])
+    return float(diff.norm() / torch.cat([b[k].float().flatten() for k in keys]).norm())
+
+
+def models_of(group) -> list[dict]:
+    """Every network's weights of a fused trainer or a group of Trainers."""
+    return [state["model"] for state in group.state_dicts()]
+
+
+def interrupted_in_round(monkeypatch, round_index: int, run) -> None:
+    """Call ``run()`` with a stop (KeyboardInterrupt) raised in ``round_index`` after its
+    evaluation, before its graft is recorded: that round is not finished."""
+    import graftune.population.population as population_module
+
+    records = population_module.graft_records
+
+    def stop(index, network, rows):
+        if index == round_index:
+            raise KeyboardInterrupt
+        return records(index, network, rows)
+
+    monkeypatch.setattr(population_module, "graft_records", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(population_module, "graft_records", records)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from conftest import smoke_config
+from conftest import distance, interrupted_in_round, models_of, smoke_config
 from graftune.config import Config, with_overrides
 from graftune.core.distill import distill_loss
 from graftune.data import load_dataset
@@ -41,16 +41,6 @@ def config_for(model: str, k: int, **overrides) -> Config:
         "distill_temperature": 2.0,
     }
     return with_overrides(Config(), {**settings, **overrides})
-
-
-def models_of(group) -> list[dict]:
-    return [state["model"] for state in group.state_dicts()]
-
-
-def distance(a: dict, b: dict) -> float:
-    keys = [k for k, v in b.items() if v.is_floating_point()]
-    diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in keys])
-    return float(diff.norm() / torch.cat([b[k].float().flatten() for k in keys]).norm())
 
 
 def test_the_loss_is_temperature_squared_kl_and_vanishes_for_equal_outputs():
@@ -171,7 +161,6 @@ def test_fused_distillation_equals_separate_trainers_and_checkpoints_keep_the_te
 def test_distillation_alone_through_ray_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch):
     """--source none with a distillation weight: the predecessors' snapshots still travel,
     net{k}/distill_loss is logged, and a run stopped in round 2 resumes with its teachers."""
-    import graftune.population.population as population_module
     from graftune.tracking.experiment import resume_payload, run_experiment
 
     config = smoke_config(
@@ -185,17 +174,7 @@ def test_distillation_alone_through_ray_resumes_like_an_uninterrupted_run(tmp_pa
     assert distill[0].value == 0.0 and distill[1].value > 0  # no teacher before the 1st graft
 
     config = with_overrides(config, {"experiment": "interrupted"})
-    records = population_module.graft_records
-
-    def stop_in_round_2(round_index, network, rows):
-        if round_index == 2:
-            raise KeyboardInterrupt
-        return records(round_index, network, rows)
-
-    monkeypatch.setattr(population_module, "graft_records", stop_in_round_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(config, data)
-    monkeypatch.setattr(population_module, "graft_records", records)
+    interrupted_in_round(monkeypatch, 2, lambda: run_experiment(config, data))
     (stopped,) = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
     resumed = with_overrides(config, {"resume": stopped.info.run_id})
     run_experiment(resumed, data, resume=resume_payload(resumed))

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import distance, models_of
 from graftune.config import Config, ConfigError, validate, with_overrides
 from graftune.data import load_dataset
 from graftune.training.fused import FusedTrainer, fusable
@@ -35,16 +36,6 @@ def config_for(model: str, k: int) -> Config:
             "channels_last": False,
         },
     )
-
-
-def distance(a: dict, b: dict) -> float:
-    keys = [k for k, v in b.items() if v.is_floating_point()]
-    diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in keys])
-    return float(diff.norm() / torch.cat([b[k].float().flatten() for k in keys]).norm())
-
-
-def models_of(group) -> list[dict]:
-    return [state["model"] for state in group.state_dicts()]
 
 
 @pytest.mark.parametrize("k", [2, 3])

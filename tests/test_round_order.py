@@ -5,7 +5,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import smoke_args
+from conftest import interrupted_in_round, smoke_args
 from graftune.commands import run
 from graftune.commands.cli import config_from_args
 from graftune.config import with_overrides
@@ -82,23 +82,11 @@ def test_best_over_rounds_and_accuracy_after_the_graft_are_logged(tmp_path):
 def test_a_stop_between_evaluation_and_graft_redoes_that_round_on_resume(tmp_path, monkeypatch):
     """A round is finished when its graft is done: a stop after round 2's evaluation but
     before its graft leaves round 1 as the last finished round, and resume redoes round 2."""
-    import graftune.population.population as population_module
-
     config = config_for(tmp_path, epochs=3)
     data = load_dataset(config.data)
     uninterrupted = run_experiment(config, data)
     config = with_overrides(config, {"experiment": "interrupted"})
-    records = population_module.graft_records
-
-    def stop_in_round_2(round_index, network, rows):
-        if round_index == 2:
-            raise KeyboardInterrupt
-        return records(round_index, network, rows)
-
-    monkeypatch.setattr(population_module, "graft_records", stop_in_round_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(config, data)
-    monkeypatch.setattr(population_module, "graft_records", records)
+    interrupted_in_round(monkeypatch, 2, lambda: run_experiment(config, data))
     client = MlflowClient(uninterrupted.tracking_uri)
     (stopped,) = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
     assert [m.step for m in client.get_metric_history(stopped.info.run_id, "net0/test_acc")] == [1]
