@@ -156,8 +156,18 @@ class Tracker:
         self.set_tag(MLFLOW_RUN_NOTE, markdown)
 
     def log_inputs(self, datasets: list[DatasetInput]) -> None:
-        """Data sets as the run's inputs; one already logged (a resumed run) is not repeated."""
-        self.client.log_inputs(self.run_id, datasets=datasets)
+        """Data sets as the run's inputs; one already logged (a resumed run) is not repeated.
+
+        Trials that start together insert the same data set into one store at once; the
+        loser of that race gets SQLite's UNIQUE error, and its retry finds the row there."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.log_inputs(self.run_id, datasets=datasets)
+        except MlflowException as error:
+            if "UNIQUE constraint failed: datasets" not in str(error):
+                raise
+            self.client.log_inputs(self.run_id, datasets=datasets)
 
     def log_model(
         self,
