@@ -158,3 +158,19 @@ def interrupted_in_round(monkeypatch, round_index: int, run) -> None:
     with pytest.raises(KeyboardInterrupt):
         run()
     monkeypatch.setattr(population_module, "graft_records", records)
+
+
+def tiny_config(model: str, k: int, **overrides) -> Config:
+    """K networks on 64 synthetic images, intervals of 2 steps: trainer-level comparisons."""
+    settings = {
+        "model": model,
+        "dataset": "synthetic",
+        "synthetic_size": 64,
+        "batch_size": 16,
+        "epochs": 1,
+        "interval_steps": 2,
+        "num_models": k,
+        "lr": 0.01,
+        "channels_last": False,
+    }
+    return with_overrides(Config(), {**settings, **overrides})

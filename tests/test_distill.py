@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from conftest import distance, interrupted_in_round, models_of, smoke_config
+from conftest import distance, interrupted_in_round, models_of, smoke_config, tiny_config
 from graftune.config import Config, with_overrides
 from graftune.core.distill import distill_loss
 from graftune.data import load_dataset
@@ -27,20 +27,8 @@ def _no_batchnorm(num_classes: int = 10) -> nn.Module:
 
 
 def config_for(model: str, k: int, **overrides) -> Config:
-    settings = {
-        "model": model,
-        "dataset": "synthetic",
-        "synthetic_size": 64,
-        "batch_size": 16,
-        "epochs": 1,
-        "interval_steps": 2,
-        "num_models": k,
-        "lr": 0.01,
-        "channels_last": False,
-        "distill_weight": 1.0,
-        "distill_temperature": 2.0,
-    }
-    return with_overrides(Config(), {**settings, **overrides})
+    distilling = {"distill_weight": 1.0, "distill_temperature": 2.0}
+    return tiny_config(model, k, **{**distilling, **overrides})
 
 
 def test_the_loss_is_temperature_squared_kl_and_vanishes_for_equal_outputs():

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import distance, models_of
+from conftest import distance, models_of, tiny_config
 from graftune.config import Config, ConfigError, validate, with_overrides
 from graftune.data import load_dataset
 from graftune.training.fused import FusedTrainer, fusable
@@ -22,20 +22,7 @@ LOSS = {"resnet20": 1e-4, "mobilenetv2": 1e-2}  # the second step's loss follows
 
 
 def config_for(model: str, k: int) -> Config:
-    return with_overrides(
-        Config(),
-        {
-            "model": model,
-            "dataset": "synthetic",
-            "synthetic_size": 64,
-            "batch_size": 16,
-            "epochs": 1,
-            "interval_steps": 2,
-            "num_models": k,
-            "lr": 0.01,
-            "channels_last": False,
-        },
-    )
+    return tiny_config(model, k)
 
 
 @pytest.mark.parametrize("k", [2, 3])
