@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.exceptions import ActorUnavailableError
 
+import graftune.population.population as population_module
 from conftest import smoke_config
 from graftune.data import load_dataset
 from graftune.tracking.experiment import run_experiment
@@ -105,3 +107,48 @@ def test_only_the_killed_worker_is_replaced_and_the_round_redone(tmp_path, hold_
     client = MlflowClient(result.tracking_uri)
     for key in ["net0/test_acc", "net1/test_acc", "net2/test_acc", "population/mean_test_acc"]:
         assert [m.step for m in client.get_metric_history(result.run_id, key)] == [1, 2], key
+
+
+def test_a_call_ray_lost_redoes_the_round_with_the_same_workers(tmp_path, monkeypatch):
+    """Ray may lose a call while its worker lives on (a stalled connection: "the task may or
+    may not have been executed"). Every worker still answers, so none is replaced: the
+    round is redone from the states after the last one, and the run equals one that never
+    lost a call."""
+    config = smoke_config(tmp_path / "whole", num_models=2, epochs=3)
+    whole = run_experiment(config, load_dataset(config.data))
+
+    config = smoke_config(tmp_path / "lost", num_models=2, epochs=3)
+    per_network = population_module.Population.per_network
+    lost = []
+
+    def lose_round_2_training(population, refs):
+        results = per_network(population, refs)  # the calls ran: their results are dropped
+        round_2_end = 2 * population.info[0]["steps_per_round"]
+        if not lost and "train_loss" in results[0] and results[0]["step"] == round_2_end:
+            lost.append(round_2_end)
+            raise ActorUnavailableError("keepalive watchdog timeout", None)
+        return results
+
+    monkeypatch.setattr(population_module.Population, "per_network", lose_round_2_training)
+    started = {}
+    result = run_experiment(
+        config,
+        load_dataset(config.data),
+        on_start=lambda population, rounds: started.update(
+            pids=[i["pid"] for i in population.info]
+        ),
+    )
+    assert lost, "round 2's training was never lost"
+    assert [info["pid"] for info in result.worker_info] == started["pids"]  # none replaced
+    assert [e for e in result.events if "Ray lost the call" in e] == [
+        "a worker did not answer for a while (Ray lost the call) but every worker answers "
+        "again; round 2 starts again from the states after round 1"
+    ]
+    assert [h["round"] for h in result.history] == [1, 2, 3]
+    for mine, reference in zip(result.history, whole.history):
+        assert [n["test_acc"] for n in mine["networks"]] == [
+            n["test_acc"] for n in reference["networks"]
+        ]
+    client = MlflowClient(result.tracking_uri)
+    for key in ["net0/test_acc", "net1/test_acc", "population/mean_test_acc"]:
+        assert [m.step for m in client.get_metric_history(result.run_id, key)] == [1, 2, 3], key

@@ -26,8 +26,8 @@ POLL_S = 0.5  # between questions to a worker Ray cannot reach yet
 
 def dead_workers(
     actors: list[Any], info: list[dict[str, Any]], error: Exception, timeout_s: float
-) -> list[int]:
-    """Indices of the workers Ray reports dead.
+) -> tuple[list[int], list[int]]:
+    """Indices of the workers Ray reports dead, and of those it gave no word on in time.
 
     A worker that answers ``alive`` is alive. One that Ray calls unavailable (its node
     stopped answering, which Ray takes a while to declare lost) is asked again until Ray
@@ -63,7 +63,19 @@ def dead_workers(
             break
         if unknown:
             time.sleep(POLL_S)  # an unavailable worker answers at once: do not spin
-    return sorted(dead)
+    return sorted(dead), sorted(unknown)
+
+
+def lost_call_line(error: Exception, info: list[dict[str, Any]], round_index: int) -> str:
+    """One line for a call that Ray lost while its worker lived on (a connection that
+    stalled, then came back), and what happens next."""
+    workers = [a for a, i in enumerate(info) if i["actor_id"] == getattr(error, "actor_id", None)]
+    who = f"worker {workers[0]}" if workers else "a worker"
+    since = f"the states after round {round_index - 1}" if round_index > 1 else "the start"
+    return (
+        f"{who} did not answer for a while (Ray lost the call) but every worker answers "
+        f"again; round {round_index} starts again from {since}"
+    )
 
 
 def death_line(

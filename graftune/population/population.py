@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, ObjectLostError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from graftune.config import Config, flatten
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
-from graftune.population.liveness import dead_workers, death_line
+from graftune.population.liveness import dead_workers, death_line, lost_call_line
 from graftune.population.resources import largest_node_cpus, worker_layout, worker_resources
 from graftune.population.ring import (
     graft_records,
@@ -180,23 +180,27 @@ class Population:
     def recover(self, error: RayActorError | ObjectLostError, round_index: int) -> None:
         """Replace the workers that Ray reports dead and put every network back to the
         restart point, so that ``round_index`` can be run again; give up after
-        --max-failures deaths. A worker that is busy training is never taken for dead."""
+        --max-failures failures. A worker that is busy training is never taken for dead.
+        A call that Ray lost (``ActorUnavailableError``) while every worker still answers
+        redoes the round with the same workers: the call may or may not have run."""
         while True:
-            dead = dead_workers(self.actors, self.info, error, self.health_timeout_s)
-            if not dead:
+            dead, unreached = dead_workers(self.actors, self.info, error, self.health_timeout_s)
+            lost_call = isinstance(error, ActorUnavailableError) and not unreached
+            if not dead and not lost_call:
                 raise error  # Ray gave no word of a death within the wait: not ours to guess
-            self.failures += len(dead)
+            self.failures += max(1, len(dead))
             if self.failures > self.config.population.max_failures:
                 raise RuntimeError(
                     f"{self.failures} worker failures, more than --max-failures "
                     f"{self.config.population.max_failures}"
                 ) from error
-            lost_nodes = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
+            lost_nodes = {n["NodeID"] for n in ray.nodes() if not n["Alive"]} if dead else ()
+            events = [death_line(a, self.info[a], round_index, lost_nodes) for a in dead]
             for a in dead:
-                event = death_line(a, self.info[a], round_index, lost_nodes)
+                self._replace(a)
+            for event in events or [lost_call_line(error, self.info, round_index)]:
                 log.warning(event)
                 self._events.append(event)
-                self._replace(a)
             try:  # waits for the healthy workers to finish what they were doing
                 restart = zip(self.actors, self._restart_point)
                 ray.get([actor.set_state.remote(states) for actor, states in restart])
