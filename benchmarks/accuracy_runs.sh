@@ -5,7 +5,9 @@
 #   bash benchmarks/accuracy_runs.sh ../shared/data/cifar10-jpeg.zip runs/accuracy "0 1"
 # then: python benchmarks/accuracy_table.py runs/accuracy/mlflow.db
 # ARMS picks a part, e.g. ARMS="grafted4c10 independent4"; EXTRA adds flags to every run
-# (EXTRA=--no-channels-last repeats the K = 2 runs of BENCHMARKS.md exactly).
+# (EXTRA=--no-channels-last repeats the K = 2 runs of BENCHMARKS.md exactly). The
+# cultivation arms (issue 16) distil with weight KD_W at temperature KD_T (defaults 0.2, 2):
+# grafted4c10kd grafts and distils, independent4kd only distils (--source none).
 set -u
 data=${1:?path to the CIFAR-10 zip or folder}
 out=$(realpath -m "${2:-runs/accuracy}")
@@ -21,13 +23,22 @@ declare -A flags_of=(
   [grafted4]="--num-models 4"
   [independent4]="--num-models 4 --source none"
   [grafted4c10]="--num-models 4 --c 10"
+  [grafted4c10kd]="--num-models 4 --c 10"
+  [independent4kd]="--num-models 4 --source none"
 )
+kd_w=${KD_W:-0.2}
+kd_t=${KD_T:-2}
 for seed in $seeds; do
   for name in ${ARMS:-grafted independent single grafted4 independent4 grafted4c10}; do
     read -ra flags <<< "${flags_of[$name]:?unknown arm $name} ${EXTRA:-}"
+    label=$name
+    if [[ $name == *kd ]]; then
+      flags+=(--distill-weight "$kd_w" --distill-temperature "$kd_t")
+      label="$name-w$kd_w-t$kd_t"
+    fi
     start=$(date +%s)
-    python -m graftune.run "${common[@]}" --seed "$seed" --run-name "$name-seed$seed" \
-        "${flags[@]}" > "$out/$name-$seed.log" 2>&1
-    echo "$name seed=$seed rc=$? wall_s=$(( $(date +%s) - start ))" | tee -a "$out/summary.txt"
+    python -m graftune.run "${common[@]}" --seed "$seed" --run-name "$label-seed$seed" \
+        "${flags[@]}" > "$out/$label-$seed.log" 2>&1
+    echo "$label seed=$seed rc=$? wall_s=$(( $(date +%s) - start ))" | tee -a "$out/summary.txt"
   done
 done
