@@ -1,5 +1,12 @@
+import atexit
+import functools
 import io
+import logging
+import shutil
 import struct
+import subprocess
+import sys
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -13,6 +20,26 @@ from graftune.commands.cli import config_from_args
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
 from graftune.tracking.experiment import run_experiment
+
+
+def pytest_configure(config):
+    """Before any test starts Ray: make sure Ray's token exists. Ray writes a new one when
+    the first local cluster of a machine starts, and with tests in parallel (pytest -n) two
+    first clusters at once would each write their own, one of them then reading the other's.
+    Only the main process does it (pytest-xdist's workers carry ``workerinput``)."""
+    if not hasattr(config, "workerinput"):
+        ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"]
+        subprocess.run(ray_cli, capture_output=True, check=True)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that runs Ray is ``slow`` (``-m "not slow"`` leaves the unit tests, which
+    take seconds), and slow tests start first: with tests spread over processes (pytest -n)
+    no long test is left to start last, while the others wait."""
+    for item in items:
+        if "ray_local" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
 
 
 @pytest.fixture
@@ -47,15 +74,39 @@ def ray_local(hold_dir):
     ray.shutdown()
 
 
-def smoke_args(tmp_path, *extra: str) -> list[str]:
+@functools.cache
+def empty_store() -> Path:
+    """An MLflow SQLite store with its tables made and nothing in it, once per test process:
+    creating the tables (MLflow runs every schema migration) costs about 2 s a store, so
+    tests copy this file instead."""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="graftune-empty-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.WARNING)  # "Creating initial MLflow database tables" is no
+    try:  # part of the test that happens to make the first store
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    finally:
+        mlflow_log.setLevel(level)
+    return folder / "mlflow.db"
+
+
+def smoke_args(tmp_path, *extra: str, fresh_store: bool = False) -> list[str]:
     """Command-line settings of a population that trains in seconds on a CPU.
 
     Without MLflow models: exporting them costs seconds a run (test_tracking_models.py turns
-    them on with --log-models)."""
+    them on with --log-models). The store ``tmp_path/mlflow.db`` starts as a copy of an
+    empty, initialised store when ``tmp_path`` exists, unless ``fresh_store`` (then MLflow
+    creates it, as for a first-time user)."""
+    store = Path(tmp_path) / "mlflow.db"
+    if not fresh_store and store.parent.is_dir() and not store.exists():
+        shutil.copyfile(empty_store(), store)
     return [
         *"--model tiny_cnn --dataset synthetic --synthetic-size 256".split(),
         *"--epochs 2 --batch-size 64 --lr 0.05 --no-log-models".split(),
-        *("--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        *("--tracking-uri", f"sqlite:///{store}"),
         *("--checkpoint-dir", str(tmp_path / "checkpoints")),
         *extra,
     ]

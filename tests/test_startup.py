@@ -35,6 +35,7 @@ def test_a_data_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "graftune: error: --data-dir x: no train/ folder"
 
 
+@pytest.mark.slow  # a second Python process
 def test_a_bug_exits_1_with_a_traceback(tmp_path):
     """The same as a process: an unexpected error in start-up is exit code 1 and a traceback."""
     code = (
@@ -68,7 +69,7 @@ def tiny_run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
     MLflow store, as a first-time user meets it (RAY_AUTH_MODE unset)."""
     tmp_path.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-    argv = smoke_args(tmp_path, "--epochs", "1", "--synthetic-size", "64")
+    argv = smoke_args(tmp_path, "--epochs", "1", "--synthetic-size", "64", fresh_store=True)
     argv += ["--no-system-metrics", "--no-log-weights", *extra]
     done = subprocess.run(
         [sys.executable, "-m", "graftune.run", *argv],
