@@ -1,0 +1,93 @@
+"""The allowed values of every setting, checked in one place before anything starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from graftune.config.settings import (
+    Config,
+    ConfigError,
+    flag_name,
+    setting_choices,
+    setting_sections,
+)
+
+# setting -> (test of its value, the rule as the error states it)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "A": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+    "c": (lambda v: v > 0, "must be > 0"),
+    "fixed_alpha": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+    "bins": (lambda v: v >= 2, "must be >= 2"),
+    "invalid_share": (lambda v: 0.0 < v < 1.0, "must lie in (0, 1)"),
+    "interval_epochs": (lambda v: v > 0, "must be > 0"),
+    "interval_steps": (lambda v: v >= 0, "must be >= 0 (0 = use epochs)"),
+    "start_round": (lambda v: v >= 1, "must be >= 1"),
+    "bn_recalibrate_batches": (lambda v: v >= 0, "must be >= 0"),
+    "epochs": (lambda v: v >= 1, "must be >= 1"),
+    "batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "momentum": (lambda v: 0.0 <= v < 1.0, "must lie in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "distill_weight": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
+    "distill_temperature": (lambda v: v > 0, "must be > 0"),
+    "step_epochs": (lambda v: v >= 1, "must be >= 1"),
+    "step_gamma": (lambda v: 0.0 < v <= 1.0, "must lie in (0, 1]"),
+    "subset": (lambda v: v >= 0, "must be >= 0 (0 = all images)"),
+    "test_subset": (lambda v: v >= 0, "must be >= 0 (0 = all images)"),
+    "synthetic_size": (lambda v: v >= 8, "must be >= 8"),
+    "synthetic_classes": (lambda v: v >= 2, "must be >= 2"),
+    "max_image_bytes": (lambda v: v >= 1, "must be >= 1"),
+    "num_models": (lambda v: v >= 1, "must be >= 1"),
+    "checkpoint_every": (lambda v: v >= 1, "must be >= 1"),
+    "cpus_per_worker": (lambda v: v >= 0, "must be >= 0 (0 = share evenly)"),
+    "max_failures": (lambda v: v >= 0, "must be >= 0"),
+    "max_lead": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
+def validate(config: Config, known_models: list[str] | None = None) -> Config:
+    """Check every setting; raise :class:`ConfigError` naming the first bad one.
+
+    Args:
+        config: the settings to check.
+        known_models: registry names accepted for ``--model`` (skipped when None).
+    Returns:
+        The same config, so calls can be chained.
+    """
+    sections = setting_sections(config)
+    for name, allowed in setting_choices().items():
+        value = getattr(getattr(config, sections[name]), name)
+        if value not in allowed:
+            raise ConfigError(
+                f"{flag_name(name)} must be one of {', '.join(allowed)}; got {value!r}"
+            )
+    m, d, g, p = config.model, config.data, config.graft, config.population
+    if known_models is not None and m.model not in known_models:
+        raise ConfigError(
+            f"--model '{m.model}' is not registered; choose from: {', '.join(known_models)}"
+        )
+    values = {name: getattr(getattr(config, sections[name]), name) for name in RULES}
+    for name, (ok, rule) in RULES.items():
+        if not ok(values[name]):
+            raise ConfigError(f"{flag_name(name)} {rule}; got {values[name]!r}")
+    if p.num_models < 2 and g.source == "network":
+        raise ConfigError(
+            f"--num-models must be >= 2 when --source is network (a ring needs a predecessor); "
+            f"got {p.num_models}. Use --source none to train one network alone."
+        )
+    if p.fuse == "on":
+        unfusable = [
+            ("asynchronous", p.asynchronous, "asynchronous rounds run one network per worker"),
+            ("compile", m.compile, "--compile applies to unfused workers"),
+            ("bn_recalibrate_batches", g.bn_recalibrate_batches > 0, "recalibration is unfused"),
+        ]
+        for name, on, why in unfusable:
+            if on:
+                raise ConfigError(f"--fuse on cannot be combined with {flag_name(name)} ({why})")
+    if config.tracking.register_model and not config.tracking.log_models:
+        raise ConfigError("--register-model needs the MLflow models; drop --no-log-models")
+    if d.dataset == "imagefolder" and not d.data_dir:
+        raise ConfigError("--data-dir must name the image folder or .zip for --dataset imagefolder")
+    return config
