@@ -13,37 +13,48 @@ from graftune.config.settings import (
     setting_sections,
 )
 
+
+def at_least(bound: int, note: str = "") -> tuple[Callable[[Any], bool], str]:
+    """A lower bound, written once: the test and the words the error shows."""
+    return (lambda v: v >= bound), f"must be >= {bound}{' ' + note if note else ''}"
+
+
+def above(bound: int) -> tuple[Callable[[Any], bool], str]:
+    """A strict lower bound, written once."""
+    return (lambda v: v > bound), f"must be > {bound}"
+
+
 # setting -> (test of its value, the rule as the error states it)
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "A": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
-    "c": (lambda v: v > 0, "must be > 0"),
+    "c": above(0),
     "fixed_alpha": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
-    "bins": (lambda v: v >= 2, "must be >= 2"),
+    "bins": at_least(2),
     "invalid_share": (lambda v: 0.0 < v < 1.0, "must lie in (0, 1)"),
-    "interval_epochs": (lambda v: v > 0, "must be > 0"),
-    "interval_steps": (lambda v: v >= 0, "must be >= 0 (0 = use epochs)"),
-    "start_round": (lambda v: v >= 1, "must be >= 1"),
-    "bn_recalibrate_batches": (lambda v: v >= 0, "must be >= 0"),
-    "epochs": (lambda v: v >= 1, "must be >= 1"),
-    "batch_size": (lambda v: v >= 1, "must be >= 1"),
-    "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
-    "lr": (lambda v: v > 0, "must be > 0"),
+    "interval_epochs": above(0),
+    "interval_steps": at_least(0, "(0 = use epochs)"),
+    "start_round": at_least(1),
+    "bn_recalibrate_batches": at_least(0),
+    "epochs": at_least(1),
+    "batch_size": at_least(1),
+    "eval_batch_size": at_least(1),
+    "lr": above(0),
     "momentum": (lambda v: 0.0 <= v < 1.0, "must lie in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-    "distill_weight": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
-    "distill_temperature": (lambda v: v > 0, "must be > 0"),
-    "step_epochs": (lambda v: v >= 1, "must be >= 1"),
+    "weight_decay": at_least(0),
+    "distill_weight": at_least(0, "(0 = off)"),
+    "distill_temperature": above(0),
+    "step_epochs": at_least(1),
     "step_gamma": (lambda v: 0.0 < v <= 1.0, "must lie in (0, 1]"),
-    "subset": (lambda v: v >= 0, "must be >= 0 (0 = all images)"),
-    "test_subset": (lambda v: v >= 0, "must be >= 0 (0 = all images)"),
-    "synthetic_size": (lambda v: v >= 8, "must be >= 8"),
-    "synthetic_classes": (lambda v: v >= 2, "must be >= 2"),
-    "max_image_bytes": (lambda v: v >= 1, "must be >= 1"),
-    "num_models": (lambda v: v >= 1, "must be >= 1"),
-    "checkpoint_every": (lambda v: v >= 1, "must be >= 1"),
-    "cpus_per_worker": (lambda v: v >= 0, "must be >= 0 (0 = share evenly)"),
-    "max_failures": (lambda v: v >= 0, "must be >= 0"),
-    "max_lead": (lambda v: v >= 0, "must be >= 0"),
+    "subset": at_least(0, "(0 = all images)"),
+    "test_subset": at_least(0, "(0 = all images)"),
+    "synthetic_size": at_least(8),
+    "synthetic_classes": at_least(2),
+    "max_image_bytes": at_least(1),
+    "num_models": at_least(1),
+    "checkpoint_every": at_least(1),
+    "cpus_per_worker": at_least(0, "(0 = share evenly)"),
+    "max_failures": at_least(0),
+    "max_lead": at_least(0),
 }
 
 
