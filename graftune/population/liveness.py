@@ -66,12 +66,17 @@ def dead_workers(
     return sorted(dead), sorted(unknown)
 
 
+def restart_point(round_index: int) -> str:
+    """Where a redone round starts from, in words."""
+    return f"the states after round {round_index - 1}" if round_index > 1 else "the start"
+
+
 def lost_call_line(error: Exception, info: list[dict[str, Any]], round_index: int) -> str:
     """One line for a call that Ray lost while its worker lived on (a connection that
     stalled, then came back), and what happens next."""
     workers = [a for a, i in enumerate(info) if i["actor_id"] == getattr(error, "actor_id", None)]
     who = f"worker {workers[0]}" if workers else "a worker"
-    since = f"the states after round {round_index - 1}" if round_index > 1 else "the start"
+    since = restart_point(round_index)
     return (
         f"{who} did not answer for a while (Ray lost the call) but every worker answers "
         f"again; round {round_index} starts again from {since}"
@@ -84,7 +89,7 @@ def death_line(
     """One line: which worker died, with which networks and where (and whether its node
     was lost with it), and what happens next."""
     networks = ", ".join(str(k) for k in info["networks"])
-    since = f"the states after round {round_index - 1}" if round_index > 1 else "the start"
+    since = restart_point(round_index)
     node = f"node {info['node_id'][:8]} at {info['node_ip']}"
     if info["node_id"] in lost_nodes:
         node += ", which was lost"
