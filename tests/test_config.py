@@ -23,6 +23,10 @@ from graftune.models import list_models
         ({"interval_epochs": 0}, "--interval-epochs"),
         ({"source": "teacher"}, "--source"),
         ({"placement": "STRICT"}, "--placement"),
+        ({"distill_weight": float("inf")}, "--distill-weight must be a finite number"),
+        ({"lr": float("inf")}, "--lr must be a finite number"),
+        ({"distill_temperature": float("nan")}, "--distill-temperature must be a finite number"),
+        ({"gpus_per_worker": -5}, "--gpus-per-worker must be -1"),
     ],
 )
 def test_bad_values_name_the_setting(overrides, named):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +25,13 @@ def above(bound: int) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v > bound), f"must be > {bound}"
 
 
+UNIT_INTERVAL = (lambda v: 0.0 <= v <= 1.0), "must lie in [0, 1]"
+
 # setting -> (test of its value, the rule as the error states it)
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "A": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+    "A": UNIT_INTERVAL,
     "c": above(0),
-    "fixed_alpha": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+    "fixed_alpha": UNIT_INTERVAL,
     "bins": at_least(2),
     "invalid_share": (lambda v: 0.0 < v < 1.0, "must lie in (0, 1)"),
     "interval_epochs": above(0),
@@ -55,6 +58,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cpus_per_worker": at_least(0, "(0 = share evenly)"),
     "max_failures": at_least(0),
     "max_lead": at_least(0),
+    "gpus_per_worker": (lambda v: v == -1 or v >= 0, "must be -1 (auto) or >= 0"),
 }
 
 
@@ -67,19 +71,22 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
     Returns:
         The same config, so calls can be chained.
     """
-    sections = setting_sections(config)
+    values = {
+        name: getattr(getattr(config, s), name) for name, s in setting_sections(config).items()
+    }
     for name, allowed in setting_choices().items():
-        value = getattr(getattr(config, sections[name]), name)
-        if value not in allowed:
+        if values[name] not in allowed:
             raise ConfigError(
-                f"{flag_name(name)} must be one of {', '.join(allowed)}; got {value!r}"
+                f"{flag_name(name)} must be one of {', '.join(allowed)}; got {values[name]!r}"
             )
     m, d, g, p = config.model, config.data, config.graft, config.population
     if known_models is not None and m.model not in known_models:
         raise ConfigError(
             f"--model '{m.model}' is not registered; choose from: {', '.join(known_models)}"
         )
-    values = {name: getattr(getattr(config, sections[name]), name) for name in RULES}
+    for name, value in values.items():  # inf and nan pass every bound below, or fail it
+        if isinstance(value, float) and not math.isfinite(value):  # with a misleading rule
+            raise ConfigError(f"{flag_name(name)} must be a finite number; got {value!r}")
     for name, (ok, rule) in RULES.items():
         if not ok(values[name]):
             raise ConfigError(f"{flag_name(name)} {rule}; got {values[name]!r}")
