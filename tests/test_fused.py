@@ -5,12 +5,15 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import distance, models_of, tiny_config
 from graftune.config import Config, ConfigError, validate, with_overrides
 from graftune.data import load_dataset
+from graftune.models import register_model
 from graftune.training.fused import FusedTrainer, fusable
 from graftune.training.group import TrainerGroup
+from graftune.training.grouped import computes_like_vmap, groupable
 
 # Relative distance ||fused - separate|| / ||separate|| over every float tensor of a network.
 # One step agrees to float rounding (about 1e-7); the vmapped convolutions sum in another
@@ -86,6 +89,85 @@ def test_a_diverged_fused_network_is_detected_and_restored_alone():
 @pytest.mark.parametrize("model", ["resnet20_leaky", "resnet56", "vgg16_bn", "tiny_cnn"])
 def test_registered_cifar_models_fuse(model):
     assert fusable(model) == ""
+    assert groupable(model)  # as one wide network of grouped convolutions
+
+
+def small_cnn(middle: nn.Module, num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        middle,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
+
+
+@register_model(name="fused_test_shuffle")
+def _channel_shuffle(num_classes: int = 10) -> nn.Module:
+    """Mixes channels across the groups of a wide activation: vmap runs it, the wide
+    layout would mix the networks."""
+    return small_cnn(nn.ChannelShuffle(2), num_classes)
+
+
+def test_the_wide_layout_is_used_only_where_it_computes_what_vmap_computes():
+    assert computes_like_vmap([small_cnn(nn.ReLU()), small_cnn(nn.ReLU())])
+    assert not computes_like_vmap([small_cnn(nn.ChannelShuffle(2)) for _ in range(2)])
+    assert not computes_like_vmap([small_cnn(nn.GroupNorm(2, 8)) for _ in range(2)])  # unknown
+
+    torch.set_num_threads(1)
+    config = config_for("fused_test_shuffle", 2)
+    data = load_dataset(config.data)
+    fused = FusedTrainer(config, range(2), data, device="cpu")
+    assert fused.layout == "vmap"
+    separate = TrainerGroup(config, range(2), data, device="cpu")
+    fused.train_interval(), separate.train_interval()
+    for a, b in zip(models_of(fused), models_of(separate)):
+        assert distance(a, b) < 1e-5
+
+
+def test_with_channels_last_the_wide_layout_runs_nhwc_and_trains_what_separate_trainers_do():
+    torch.set_num_threads(1)
+    config = config_for("resnet20", 2)
+    config = with_overrides(config, {"channels_last": True})
+    data = load_dataset(config.data)
+    fused = FusedTrainer(config, range(2), data, device="cpu")
+    separate = TrainerGroup(config, range(2), data, device="cpu")  # NHWC too
+    formats = []
+    first_conv = next(m for m in fused.grouped.train_net.modules() if isinstance(m, nn.Conv2d))
+    first_conv.register_forward_pre_hook(
+        lambda _, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    fused.train_interval(), separate.train_interval()
+    assert formats == [True, True]  # both steps ran NHWC
+    for a, b in zip(models_of(fused), models_of(separate)):
+        assert distance(a, b) < AFTER_TRAINING["resnet20"]
+
+
+def test_grouped_and_vmapped_steps_train_the_same_networks_and_teachers_work_in_both():
+    """The same networks, the same batches: the two fused forwards through an interval, a
+    distillation interval (the teacher's forward) and an evaluation."""
+    torch.set_num_threads(1)
+    config = config_for("resnet20", 3)
+    config = with_overrides(config, {"distill_weight": 1.0, "distill_temperature": 2.0})
+    data = load_dataset(config.data)
+    wide = FusedTrainer(config, range(3), data, device="cpu")
+    vmapped = FusedTrainer(config, range(3), data, device="cpu", grouped=False)
+    assert (wide.layout, vmapped.layout) == ("grouped convolutions", "vmap")
+    for trainer in (wide, vmapped):
+        trainer.train_interval()
+        trainer.set_teachers([2, 0, 1])
+    taught_w, taught_v = wide.train_interval(), vmapped.train_interval()
+    for w, v in zip(taught_w, taught_v):
+        assert w["distill_loss"] > 0
+        assert w["distill_loss"] == pytest.approx(v["distill_loss"], rel=1e-4)
+        assert w["train_loss"] == pytest.approx(v["train_loss"], rel=1e-4)
+    for a, b in zip(models_of(wide), models_of(vmapped)):
+        assert distance(a, b) < 1e-4  # BatchNorm's backward sums in another order
+    wide.load_state_dicts(vmapped.state_dicts())  # the same weights: the same evaluation
+    for w, v in zip(wide.evaluate(), vmapped.evaluate()):
+        assert w["test_loss"] == pytest.approx(v["test_loss"], rel=1e-5)
+        assert w["test_acc"] == v["test_acc"]
 
 
 def test_fuse_on_refuses_what_only_separate_workers_do():

@@ -61,6 +61,7 @@ class GraftWorker:
             "networks": self.networks.indices,
             "fused": self.fused,
             "step": self.networks.graph_note,
+            "layout": self.networks.layout,
             "num_rounds": self.networks.num_rounds,
             "steps_per_round": self.networks.steps_per_round,
         }

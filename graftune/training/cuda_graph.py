@@ -1,7 +1,7 @@
 """The fused train step recorded as one CUDA graph and replayed.
 
-vmap's per-operator dispatch costs more host time than a ResNet-20 step costs an H100, so the
-whole step (forward, backward, update) is captured once and replayed.
+Per-operator dispatch (vmap's most of all) costs more host time than a ResNet-20 step costs
+an H100, so the whole step (forward, backward, update) is captured once and replayed.
 """
 
 from __future__ import annotations

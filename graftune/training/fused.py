@@ -2,11 +2,12 @@
 
 CIFAR networks leave most of a GPU idle at batch 128, and separate processes on one GPU only
 take turns. Here the networks of one worker keep their weights stacked along a new first
-dimension, and ``torch.func.vmap`` runs one forward and one backward for all of them: vmap
-turns a convolution with stacked weights into one grouped convolution, so a step costs the
-kernel launches of one network. Each network keeps its own initial weights, data order,
-learning rate, momentum and BatchNorm statistics, so the result equals separate Trainers up
-to floating-point rounding (tests/test_fused.py holds that).
+dimension and run one forward and one backward for all of them, as one wide network of
+grouped convolutions (:mod:`~graftune.training.grouped`), or with ``torch.func.vmap`` for a
+model that layout cannot express; either way a step costs the kernel launches of one
+network. Each network keeps its own initial weights, data order, learning rate, momentum and
+BatchNorm statistics, so the result equals separate Trainers up to floating-point rounding
+(tests/test_fused.py holds that).
 
 :class:`FusedTrainer` and :class:`TrainerGroup` (separate Trainers in a loop) offer the
 same list-in, list-out methods, one entry per network, so the worker does not care which
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state
 
 from graftune.config import Config
 from graftune.core import GraftPolicy, find_graft_units, l1_invalid_counts, unit_keys
@@ -31,6 +32,7 @@ from graftune.core.graft import as_tensor
 from graftune.data import ImageSet, TrainBatches
 from graftune.models import create_model
 from graftune.training.cuda_graph import WARMUP_STEPS, CudaGraphStep
+from graftune.training.grouped import GroupedForward, groupable, grouped_network, vmapped
 from graftune.training.stacked import StackedNetworks
 from graftune.training.trainer import (
     Trainer,
@@ -44,17 +46,13 @@ from graftune.training.trainer import (
 
 def fusable(model_name: str, num_classes: int = 10, image_size: int = 32) -> str:
     """Why the model cannot be trained fused ('' if it can): one tiny vmapped train step
-    on the CPU, the same code path the fused trainer runs."""
+    on the CPU (vmap runs every fused model, or is what the wide layout is checked against)."""
     try:
         models = [create_model(model_name, num_classes=num_classes) for _ in range(2)]
         base = copy.deepcopy(models[0]).to("meta").train()
         params, buffers = stack_module_state(models)
-
-        def forward(p, b, x):
-            return functional_call(base, (p, b), (x,))
-
         x = torch.zeros(2, 2, 3, image_size, image_size)
-        vmap(forward)(params, buffers, x).sum().backward()
+        vmapped(base)(params, buffers, x).sum().backward()
     except Exception as error:  # any op without a batching rule shows up here
         return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
     return ""
@@ -64,8 +62,16 @@ class FusedTrainer(StackedNetworks):
     """Networks ``indices`` of a population, trained together on one device."""
 
     def __init__(
-        self, config: Config, indices: Sequence[int], data: ImageSet, device: str | None = None
+        self,
+        config: Config,
+        indices: Sequence[int],
+        data: ImageSet,
+        device: str | None = None,
+        grouped: bool | None = None,
     ):
+        """``grouped``: run the step in the wide layout of grouped convolutions (None: where
+        :func:`~graftune.training.grouped.groupable` says it computes what vmap computes),
+        or with vmap (False)."""
         self.config, self.indices = config, list(indices)
         t, n = config.train, len(indices)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -82,8 +88,9 @@ class FusedTrainer(StackedNetworks):
         # Zero momentum equals "no momentum yet": SGD's first step sets buf = d, and so does
         # 0 * momentum + d, exactly. A restored network's momentum is zeroed the same way.
         self.momentum = {k: torch.zeros_like(v) for k, v in self.params.items()}
-        # NCHW under vmap: with channels_last inputs the batched convolution's backward
-        # strays ~1% from the unbatched one, and adaptive pooling leaves the fast path.
+        # Each network's batches stay NCHW: the wide layout makes one NHWC tensor of them
+        # (with --channels-last), and vmap runs NCHW (with channels_last inputs its batched
+        # backward strays ~1% from the unbatched one; adaptive pooling leaves the fast path).
         self.channels_last = False
         # Shared by every network's batches: the images go to the device once, as uint8.
         images = as_tensor(data.train_images).to(self.device)
@@ -111,31 +118,36 @@ class FusedTrainer(StackedNetworks):
         self.policy = GraftPolicy.from_config(config.graft)
         self.noise = [torch.Generator().manual_seed(t.seed + i) for i in self.indices]
         self.autocast = autocast_dtype(config.model.precision, self.device)
-        if self.autocast is not None:  # batched BatchNorm's backward needs one dtype: fp32
-            for module in self.base.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.register_forward_pre_hook(lambda _, args: (args[0].float(),))
+        if grouped is None:
+            grouped = groupable(config.model.model, data.num_classes)
+        wide = grouped_network(self.base, n) if grouped else None
         # Teachers (distillation): the predecessors' graft units, stacked like the networks,
-        # run through a frozen eval-mode copy of the base; allocated at the first graft.
-        self.teacher_base = copy.deepcopy(self.base).eval()
+        # run through a frozen eval-mode forward; allocated at the first graft.
         self.teachers: dict[str, torch.Tensor] | None = None
         self.taught = torch.zeros(n, device=self.device)  # 1 where a network has a teacher
         self.step = 0
         self._eager_steps = 0  # since the step last changed shape: CUDA graph warm-up
         # On a GPU the whole step (forward, backward, update) is captured once in a CUDA
-        # graph and replayed: vmap's per-op dispatch costs more host time than the GPU work.
+        # graph and replayed: per-op dispatch costs more host time than the GPU work.
         self.graph: CudaGraphStep | None = None
         self.graph_note = "" if self.device.type == "cuda" else "eager on CPUs"
-
-        def forward(p, b, x):
-            return functional_call(self.base, (p, b), (x,))
-
-        def teacher_forward(tensors, x):
-            return functional_call(self.teacher_base, tensors, (x,))
-
-        self._train_forward = vmap(forward)  # each network its own batch
-        self._eval_forward = vmap(forward, in_dims=(0, 0, None))  # one batch for all
-        self._teacher_forward = vmap(teacher_forward)
+        if wide is not None:
+            self.layout = "grouped convolutions"
+            self.grouped: GroupedForward | None = GroupedForward(wide, n)
+            self.grouped.channels_last = config.model.channels_last
+            self._train_forward = self.grouped.train  # each network its own batch
+            self._eval_forward = self.grouped.eval  # one batch for all
+            self._teacher_forward = self.grouped.teacher
+            return
+        self.layout, self.grouped = "vmap", None
+        if self.autocast is not None:  # batched BatchNorm's backward needs one dtype: fp32
+            for module in self.base.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.register_forward_pre_hook(lambda _, args: (args[0].float(),))
+        teacher = vmapped(copy.deepcopy(self.base).eval())
+        self._train_forward = vmapped(self.base)
+        self._eval_forward = vmapped(self.base, in_dims=(0, 0, None))
+        self._teacher_forward = lambda tensors, x: teacher(tensors, {}, x)
 
     @property
     def size(self) -> int:

@@ -24,6 +24,7 @@ class TrainerGroup:
         self.trainers = [Trainer(config, k, data, device=device) for k in self.indices]
         self.device = self.trainers[0].device
         self.graph_note = "eager"
+        self.layout = "separate"
 
     @property
     def num_rounds(self) -> int:
