@@ -71,10 +71,8 @@ def _wide_module(child: nn.Module, k: int) -> nn.Module | None:
             device="meta",
         )
     if type(child) is nn.BatchNorm2d:
-        return nn.BatchNorm2d(
-            k * child.num_features, child.eps, child.momentum, child.affine,
-            child.track_running_stats, device="meta",
-        )  # fmt: skip
+        features, stats = k * child.num_features, child.track_running_stats
+        return nn.BatchNorm2d(features, child.eps, child.momentum, child.affine, stats, "meta")
     if type(child) is nn.Linear:
         return GroupedLinear(child, k)
     return None
