@@ -152,7 +152,8 @@ def test_grouped_and_vmapped_steps_train_the_same_networks_and_teachers_work_in_
     config = with_overrides(config, {"distill_weight": 1.0, "distill_temperature": 2.0})
     data = load_dataset(config.data)
     wide = FusedTrainer(config, range(3), data, device="cpu")
-    vmapped = FusedTrainer(config, range(3), data, device="cpu", grouped=False)
+    vmap_config = with_overrides(config, {"fused_step": "vmap"})
+    vmapped = FusedTrainer(vmap_config, range(3), data, device="cpu")
     assert (wide.layout, vmapped.layout) == ("grouped convolutions", "vmap")
     for trainer in (wide, vmapped):
         trainer.train_interval()

@@ -113,6 +113,9 @@ class PopulationConfig:
     fuse: Literal["auto", "on", "off"] = setting(
         "auto", "on: a worker per device trains its networks in one step; auto = on with GPUs"
     )
+    fused_step: Literal["grouped", "vmap"] = setting(
+        "grouped", "fused networks as one wide network (where it equals vmap), or torch.func.vmap"
+    )
 
 
 @dataclass

@@ -69,9 +69,9 @@ class FusedTrainer(StackedNetworks):
         device: str | None = None,
         grouped: bool | None = None,
     ):
-        """``grouped``: run the step in the wide layout of grouped convolutions (None: where
-        :func:`~graftune.training.grouped.groupable` says it computes what vmap computes),
-        or with vmap (False)."""
+        """``grouped`` (None: ``--fused-step``): run the step in the wide layout of grouped
+        convolutions wherever :func:`~graftune.training.grouped.groupable` says it computes
+        what vmap computes (True), or with vmap (False)."""
         self.config, self.indices = config, list(indices)
         t, n = config.train, len(indices)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -119,7 +119,9 @@ class FusedTrainer(StackedNetworks):
         self.noise = [torch.Generator().manual_seed(t.seed + i) for i in self.indices]
         self.autocast = autocast_dtype(config.model.precision, self.device)
         if grouped is None:
-            grouped = groupable(config.model.model, data.num_classes)
+            grouped = config.population.fused_step == "grouped"
+        # Only where it computes what vmap computes:
+        grouped = grouped and groupable(config.model.model, data.num_classes)
         wide = grouped_network(self.base, n) if grouped else None
         # Teachers (distillation): the predecessors' graft units, stacked like the networks,
         # run through a frozen eval-mode forward; allocated at the first graft.
