@@ -135,21 +135,25 @@ class FusedTrainer(StackedNetworks):
         self.graph_note = "" if self.device.type == "cuda" else "eager on CPUs"
         if wide is not None:
             self.layout = "grouped convolutions"
-            self.grouped: GroupedForward | None = GroupedForward(wide, n)
-            self.grouped.channels_last = config.model.channels_last
-            self._train_forward = self.grouped.train  # each network its own batch
-            self._eval_forward = self.grouped.eval  # one batch for all
-            self._teacher_forward = self.grouped.teacher
-            return
-        self.layout, self.grouped = "vmap", None
+            self.grouped = GroupedForward(wide, n, config.model.channels_last)
+            forwards = (self.grouped.train, self.grouped.eval, self.grouped.teacher)
+        else:
+            self.layout, self.grouped = "vmap", None
+            forwards = self._vmapped_forwards()
+        # train: each network its own batch; eval: one batch for all; teacher: frozen, eval mode
+        self._train_forward, self._eval_forward, self._teacher_forward = forwards
+
+    def _vmapped_forwards(self):
         if self.autocast is not None:  # batched BatchNorm's backward needs one dtype: fp32
             for module in self.base.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.register_forward_pre_hook(lambda _, args: (args[0].float(),))
         teacher = vmapped(copy.deepcopy(self.base).eval())
-        self._train_forward = vmapped(self.base)
-        self._eval_forward = vmapped(self.base, in_dims=(0, 0, None))
-        self._teacher_forward = lambda tensors, x: teacher(tensors, {}, x)
+        return (
+            vmapped(self.base),
+            vmapped(self.base, in_dims=(0, 0, None)),
+            lambda tensors, x: teacher(tensors, {}, x),
+        )
 
     @property
     def size(self) -> int:

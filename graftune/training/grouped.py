@@ -96,32 +96,37 @@ def grouped_network(base: nn.Module, k: int) -> nn.Module | None:
     return wide
 
 
-def wide_views(wide: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The wide network's tensors as views of stacked ones: [K, n, ...] -> [K*n, ...], except
-    a GroupedLinear's (stacked as they are) and BatchNorm's num_batches_tracked ([K])."""
-    keep = {
+def stacked_keys(wide: nn.Module) -> frozenset[str]:
+    """The keys whose stacked [K, ...] tensors the wide network takes as they are: a
+    GroupedLinear's weight and bias."""
+    return frozenset(
         f"{name}.{key}"
         for name, module in wide.named_modules()
         if isinstance(module, GroupedLinear)
         for key in ("weight", "bias")
-    }
-    return {k: v if k in keep or v.dim() == 1 else v.flatten(0, 1) for k, v in tensors.items()}
+    )
 
 
 class GroupedForward:
     """The fused trainer's three forwards (train, eval, teacher) in the wide layout; each
-    returns [K, B, classes] like the vmapped ones. ``channels_last``: NHWC activations (the
-    fused trainer sets it from ``--channels-last``)."""
+    returns [K, B, classes] like the vmapped ones. ``channels_last``: NHWC activations."""
 
-    def __init__(self, wide: nn.Module, k: int):
-        self.k, self.channels_last = k, False
+    def __init__(self, wide: nn.Module, k: int, channels_last: bool = False):
+        self.k, self.channels_last = k, channels_last
         self.train_net = wide.train()
         self.eval_net = copy.deepcopy(wide).eval()
+        self.keep = stacked_keys(wide)  # the same names in both nets
+
+    def _views(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Stacked tensors as the wide network's: [K, n, ...] -> [K*n, ...], except those in
+        ``keep`` and BatchNorm's num_batches_tracked ([K])."""
+        keep = self.keep
+        return {k: v if k in keep or v.dim() == 1 else v.flatten(0, 1) for k, v in tensors.items()}
 
     def _run(self, net: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = functional_call(net, wide_views(net, tensors), (x,))
+        out = functional_call(net, self._views(tensors), (x,))
         return out.unflatten(1, (self.k, -1)).transpose(0, 1)
 
     def train(self, params, buffers, x: torch.Tensor) -> torch.Tensor:
