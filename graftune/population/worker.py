@@ -29,6 +29,17 @@ HEALTH = "health"  # a concurrency group of its own: answers while an interval t
 HOLD_DIR = "GRAFTUNE_TEST_HOLD_DIR"  # tests only, see hold_if_asked
 
 
+def usable_cores() -> int:
+    """The cores this process may run on. Ray's CPUs are what the node was declared to have
+    (``ray start --num-cpus``, ``ray.init(num_cpus=...)``), which may be more: torch's
+    threads beyond the cores spin against each other (on two cores, a fused worker of four
+    threads spent ten times the CPU of two on the same interval)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @ray.remote(max_restarts=0, concurrency_groups={HEALTH: 1})
 class GraftWorker:
     """Networks ``indices`` of the population; every method is a step the driver schedules."""
@@ -42,7 +53,7 @@ class GraftWorker:
         fused: bool = False,
     ):
         # Ray resolves the data ObjectRef before __init__: the arrays are shared, not copied.
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(max(1, min(threads, usable_cores())))
         config: Config = from_flat(flat_config)
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         group = FusedTrainer if fused else TrainerGroup
