@@ -96,8 +96,9 @@ def empty_store() -> Path:
 def smoke_args(tmp_path, *extra: str, fresh_store: bool = False) -> list[str]:
     """Command-line settings of a population that trains in seconds on a CPU.
 
-    Without MLflow models: exporting them costs seconds a run (test_tracking_models.py turns
-    them on with --log-models). The store ``tmp_path/mlflow.db`` starts as a copy of an
+    Without MLflow models or plots: exporting the models costs seconds a run, drawing the plots
+    about two (test_tracking_models.py turns the models on with --log-models, the tracked-run
+    tests the plots with --plots). The store ``tmp_path/mlflow.db`` starts as a copy of an
     empty, initialised store when ``tmp_path`` exists, unless ``fresh_store`` (then MLflow
     creates it, as for a first-time user)."""
     store = Path(tmp_path) / "mlflow.db"
@@ -105,7 +106,7 @@ def smoke_args(tmp_path, *extra: str, fresh_store: bool = False) -> list[str]:
         shutil.copyfile(empty_store(), store)
     return [
         *"--model tiny_cnn --dataset synthetic --synthetic-size 256".split(),
-        *"--epochs 2 --batch-size 64 --lr 0.05 --no-log-models".split(),
+        *"--epochs 2 --batch-size 64 --lr 0.05 --no-log-models --no-plots".split(),
         *("--tracking-uri", f"sqlite:///{store}"),
         *("--checkpoint-dir", str(tmp_path / "checkpoints")),
         *extra,

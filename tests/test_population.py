@@ -25,7 +25,7 @@ def client_for(tmp_path) -> MlflowClient:
 
 
 def test_two_round_run_is_tracked_in_mlflow(tmp_path, capsys):
-    assert run.main(smoke_args(tmp_path, "--num-models", "3")) == 0
+    assert run.main(smoke_args(tmp_path, "--num-models", "3", "--plots")) == 0
     run_id = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
     client = client_for(tmp_path)
     data = client.get_run(run_id).data
@@ -135,6 +135,9 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert "finished after round 2" in client.get_run(run_id).data.tags["mlflow.note.content"]
+    # --no-plots (the tests' default) draws none; the table the plots come from is logged.
+    logged = {a.path for a in client.list_artifacts(run_id)}
+    assert "plots" not in logged and "grafting" in logged
 
 
 def test_worker_resources_fit_the_nodes():

@@ -124,6 +124,7 @@ class TrackingConfig:
     experiment: str = setting("graftune", "MLflow experiment of the run")
     run_name: str = setting("", "MLflow run name (default: MLflow picks one)")
     log_weights: bool = setting(True, "log the final weights of every network as an artifact")
+    plots: bool = setting(True, "log PNG plots of accuracy, entropy, alpha and invalid filters")
     log_models: bool = setting(True, "log each final network as an MLflow model net{k}")
     register_model: str = setting("", "register the best network under this name")
     system_metrics: bool = setting(True, "MLflow's CPU, memory and GPU metrics of the driver")

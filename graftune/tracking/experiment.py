@@ -266,9 +266,10 @@ def _payload(config, round_index, population, history, records) -> dict[str, Any
 
 def _log_final_artifacts(tracker, config, states, history, records) -> None:
     tracker.log_table(records, RECORDS_ARTIFACT)
-    with tempfile.TemporaryDirectory() as tmp:
-        plots.write_all(history, records, Path(tmp))
-        tracker.log_artifacts(tmp, "plots")
+    if config.tracking.plots:
+        with tempfile.TemporaryDirectory() as tmp:
+            plots.write_all(history, records, Path(tmp))
+            tracker.log_artifacts(tmp, "plots")
     if config.tracking.log_weights:
         with tempfile.TemporaryDirectory() as tmp:
             for k, state in enumerate(states):
