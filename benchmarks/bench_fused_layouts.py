@@ -10,6 +10,10 @@ many steps on synthetic images the runs drift apart chaotically: after 40 steps 
 separate Trainers differ by 0.75, and so does this layout.)
 
     python benchmarks/bench_fused_layouts.py --models resnet20 resnet32 mobilenetv2
+
+With --compile, one more side: the default layout's forward and backward through
+torch.compile (on a GPU also mode="reduce-overhead", inductor's own CUDA graphs, in place of
+the trainer's). Its warm-up (the compile) is timed on its own.
 """
 
 from __future__ import annotations
@@ -54,6 +58,19 @@ def weight_gap(a: FusedTrainer, b: FusedTrainer) -> float:
     return max(gaps)
 
 
+def compiled_side(config: Config, data, k: int, mode: str) -> tuple[str, FusedTrainer]:
+    """The default layout with its train forward (and so its backward) compiled. The
+    trainer's own CUDA graph is left out: it would capture the compiled kernels' launches,
+    and mode="reduce-overhead" brings inductor's instead."""
+    trainer = FusedTrainer(config, range(k), data, grouped=True)
+    trainer._train_forward = torch.compile(trainer._train_forward, mode=mode)
+    trainer.graph_note = f"torch.compile {mode}"
+    start = time.perf_counter()
+    trainer.train_interval(1)  # the first step, from the same networks: and the compile
+    seconds = time.perf_counter() - start
+    return f"grouped, NHWC, compiled ({seconds:.0f} s to compile)", trainer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet32"])
@@ -62,6 +79,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", nargs="+", default=None)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     precisions = args.precisions or (["fp32", "bf16"] if cuda else ["fp32"])
@@ -95,6 +113,8 @@ def main() -> None:
                     trainer.grouped.channels_last = nhwc
                 trainer.train_interval(1)  # the first step, from the same networks
                 sides.append((name, trainer))
+            for mode in (["default", "reduce-overhead"] if cuda else ["default"]) * args.compile:
+                sides.append(compiled_side(config, data, args.num_models, mode))
             gaps = [weight_gap(trainer, sides[0][1]) for _, trainer in sides]
             speeds = rates([trainer for _, trainer in sides], args.steps, args.repeats)
             for (name, trainer), gap, images in zip(sides, gaps, speeds):

@@ -11,7 +11,9 @@
 # limit still brings back the rounds it finished; the final row goes to OUT_DIR/paper.jsonl.
 # The paper (ResNet-32, 200 epochs): 92.83% independent, 93.94% grafted.
 # First (LAYOUTS=1, about a minute): which fused step pays on this GPU, vmap or the wide
-# layout of grouped convolutions, NCHW or NHWC, fp32 and bf16 (OUT_DIR/layouts.md).
+# layout of grouped convolutions, NCHW or NHWC, fp32 and bf16 (OUT_DIR/layouts.md). With
+# COMPILE=1 also torch.compile of the wide step, default and reduce-overhead (a few minutes
+# more: lower SECONDS_LIMIT to match).
 set -u
 data=${1:?the CIFAR-10 zip (train/ and test/)}
 out=${2:?output folder}
@@ -23,8 +25,10 @@ nvidia-smi -L
 python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)'
 start=$(date +%s)
 if [ "${LAYOUTS:-1}" = 1 ]; then
-  timeout 120 python3 benchmarks/bench_fused_layouts.py --models resnet32 --steps 40 \
-    --repeats 2 2>&1 | grep -v -i warn | tee "$out/layouts.md"
+  compile=${COMPILE:-0}
+  timeout $(( compile ? 300 : 120 )) python3 benchmarks/bench_fused_layouts.py \
+    --models resnet32 --steps 40 --repeats 2 $( [ "$compile" = 1 ] && echo --compile ) 2>&1 \
+    | grep -v -i warn | tee "$out/layouts.md"
   echo "after layouts: $(( $(date +%s) - start )) s"
 fi
 timeout "${SECONDS_LIMIT:-420}" python3 benchmarks/fused_accuracy.py --data-dir "$data" \

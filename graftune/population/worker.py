@@ -32,8 +32,7 @@ HOLD_DIR = "GRAFTUNE_TEST_HOLD_DIR"  # tests only, see hold_if_asked
 def usable_cores() -> int:
     """The cores this process may run on. Ray's CPUs are what the node was declared to have
     (``ray start --num-cpus``, ``ray.init(num_cpus=...)``), which may be more: torch's
-    threads beyond the cores spin against each other (on two cores, a fused worker of four
-    threads spent ten times the CPU of two on the same interval)."""
+    threads beyond the cores spin against each other and multiply a step's CPU time."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
