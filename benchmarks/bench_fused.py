@@ -71,9 +71,9 @@ def main() -> None:
         for precision in precisions:
             flat = flatten(with_overrides(base, {"precision": precision}))
             share = {"num_gpus": 1 / k} if gpus else {"num_cpus": cpus / k}
-            threads = 1 if gpus else max(1, int(cpus / k))
+            each = 1 if gpus else cpus / k  # Ray CPUs: the worker takes that share of the cores
             separate = [
-                GraftWorker.options(**share).remote(flat, [j], data_ref, threads, False)
+                GraftWorker.options(**share).remote(flat, [j], data_ref, each, False)
                 for j in range(k)
             ]
             rate_separate, how_separate = measure(
@@ -81,11 +81,11 @@ def main() -> None:
             )
             whole = {"num_gpus": 1} if gpus else {"num_cpus": cpus}
             fused = GraftWorker.options(**whole).remote(
-                flat, list(range(k)), data_ref, 1 if gpus else int(cpus), True
+                flat, list(range(k)), data_ref, 1 if gpus else cpus, True
             )
             rate_fused, how_fused = measure([fused], args.steps, args.batch_size, k, args.repeats)
             alone = GraftWorker.options(**whole).remote(
-                flat, [k - 1], data_ref, 1 if gpus else int(cpus), False
+                flat, [k - 1], data_ref, 1 if gpus else cpus, False
             )
             rate_alone, how_alone = measure([alone], args.steps, args.batch_size, 1, args.repeats)
             rows = [

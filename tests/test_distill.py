@@ -1,6 +1,8 @@
 """Online distillation from the ring predecessor: the loss, the frozen teacher, the fused
 path, and teachers kept across checkpoints and resume."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,6 +158,9 @@ def test_distillation_alone_through_ray_resumes_like_an_uninterrupted_run(tmp_pa
     )
     data = load_dataset(config.data)
     uninterrupted = run_experiment(config, data)
+    # Two of the tests' 4 Ray CPUs each: as many threads as that share of the real cores.
+    threads = max(1, int(2 * min(1, len(os.sched_getaffinity(0)) / 4)))
+    assert [info["threads"] for info in uninterrupted.worker_info] == [threads, threads]
     client = MlflowClient(uninterrupted.tracking_uri)
     distill = client.get_metric_history(uninterrupted.run_id, "net1/distill_loss")
     assert [m.step for m in distill] == [1, 2, 3]

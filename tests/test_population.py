@@ -140,6 +140,17 @@ def test_resume_continues_the_same_run(tmp_path, capsys):
     assert "plots" not in logged and "grafting" in logged
 
 
+def test_worker_threads_are_its_share_of_the_real_cores():
+    from graftune.population.resources import worker_threads
+
+    assert worker_threads(2, cores=8, node_cpus=8) == 2  # Ray's CPUs are the cores: as asked
+    assert worker_threads(2, cores=2, node_cpus=4) == 1  # 4 declared on 2 cores: half
+    assert worker_threads(4, cores=2, node_cpus=4) == 2
+    assert worker_threads(1.33, cores=2, node_cpus=4) == 1
+    assert worker_threads(0.25, cores=2, node_cpus=2) == 1  # a fraction still runs
+    assert worker_threads(3, cores=4, node_cpus=0) == 3  # a node Ray counts no CPUs on
+
+
 def test_worker_resources_fit_the_nodes():
     from graftune.population.resources import worker_resources
 

@@ -107,12 +107,12 @@ class Population:
         strategy = PlacementGroupSchedulingStrategy(
             self.placement, placement_group_bundle_index=self.bundle_offset + index
         )
-        threads = max(1, int(self.resources["CPU"]))
+        cpus = self.resources["CPU"]
         return GraftWorker.options(
-            num_cpus=self.resources["CPU"],
+            num_cpus=cpus,
             num_gpus=self.resources.get("GPU", 0),
             scheduling_strategy=strategy,
-        ).remote(flatten(self.config), self.groups[index], self.data_ref, threads, self.fused)
+        ).remote(flatten(self.config), self.groups[index], self.data_ref, cpus, self.fused)
 
     @property
     def num_rounds(self) -> int:

@@ -45,6 +45,15 @@ def gpu_share(num_gpus: float, num_models: int) -> float:
     return math.floor(10_000 / per_gpu) / 10_000  # Ray takes GPU fractions to 4 decimals
 
 
+def worker_threads(cpus: float, cores: int, node_cpus: float) -> int:
+    """torch threads for a worker holding ``cpus`` of Ray's CPUs on a node that declares
+    ``node_cpus`` (``ray start --num-cpus``, ``ray.init(num_cpus=...)``) and whose process
+    may run on ``cores``: the worker's share of the real cores, at least one. Where a node
+    declares more CPUs than it has cores, threads beyond the cores would spin against each
+    other and multiply a step's CPU time."""
+    return max(1, int(cpus * min(1.0, cores / max(node_cpus, cpus, 1e-9))))
+
+
 def largest_node_cpus() -> float:
     """The most CPUs any alive node of the connected cluster has."""
     return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)

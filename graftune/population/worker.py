@@ -21,6 +21,7 @@ import torch
 from graftune.config import Config, from_flat
 from graftune.core.snapshot import Snapshot
 from graftune.data import ImageSet
+from graftune.population.resources import worker_threads
 from graftune.training.fused import FusedTrainer
 from graftune.training.group import TrainerGroup
 from graftune.training.trainer import Source
@@ -30,13 +31,17 @@ HOLD_DIR = "GRAFTUNE_TEST_HOLD_DIR"  # tests only, see hold_if_asked
 
 
 def usable_cores() -> int:
-    """The cores this process may run on. Ray's CPUs are what the node was declared to have
-    (``ray start --num-cpus``, ``ray.init(num_cpus=...)``), which may be more: torch's
-    threads beyond the cores spin against each other and multiply a step's CPU time."""
+    """The cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def node_cpus() -> float:
+    """The CPUs Ray counts on this worker's node."""
+    here = ray.get_runtime_context().get_node_id()
+    return next(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here)
 
 
 @ray.remote(max_restarts=0, concurrency_groups={HEALTH: 1})
@@ -48,11 +53,11 @@ class GraftWorker:
         flat_config: dict[str, Any],
         indices: list[int],
         data: ImageSet,
-        threads: int,
+        cpus: float,
         fused: bool = False,
     ):
         # Ray resolves the data ObjectRef before __init__: the arrays are shared, not copied.
-        torch.set_num_threads(max(1, min(threads, usable_cores())))
+        torch.set_num_threads(worker_threads(cpus, usable_cores(), node_cpus()))
         config: Config = from_flat(flat_config)
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         group = FusedTrainer if fused else TrainerGroup
