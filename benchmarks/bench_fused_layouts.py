@@ -108,9 +108,8 @@ def main() -> None:
                 ("grouped, NCHW", True, False),
                 ("grouped, NHWC (the default)", True, True),
             ]:
-                trainer = FusedTrainer(config, range(args.num_models), data, grouped=grouped)
-                if grouped:
-                    trainer.grouped.channels_last = nhwc
+                side = with_overrides(config, {"channels_last": nhwc})
+                trainer = FusedTrainer(side, range(args.num_models), data, grouped=grouped)
                 trainer.train_interval(1)  # the first step, from the same networks
                 sides.append((name, trainer))
             for mode in (["default", "reduce-overhead"] if cuda else ["default"]) * args.compile:

@@ -25,10 +25,10 @@ nvidia-smi -L
 python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)'
 start=$(date +%s)
 if [ "${LAYOUTS:-1}" = 1 ]; then
-  compile=${COMPILE:-0}
-  timeout $(( compile ? 300 : 120 )) python3 benchmarks/bench_fused_layouts.py \
-    --models resnet32 --steps 40 --repeats 2 $( [ "$compile" = 1 ] && echo --compile ) 2>&1 \
-    | grep -v -i warn | tee "$out/layouts.md"
+  compile="" limit=120
+  if [ "${COMPILE:-0}" = 1 ]; then compile=--compile limit=300; fi
+  timeout "$limit" python3 benchmarks/bench_fused_layouts.py --models resnet32 --steps 40 \
+    --repeats 2 $compile 2>&1 | grep -v -i warn | tee "$out/layouts.md"
   echo "after layouts: $(( $(date +%s) - start )) s"
 fi
 timeout "${SECONDS_LIMIT:-420}" python3 benchmarks/fused_accuracy.py --data-dir "$data" \

@@ -1,8 +1,6 @@
 """Online distillation from the ring predecessor: the loss, the frozen teacher, the fused
 path, and teachers kept across checkpoints and resume."""
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,6 +149,8 @@ def test_fused_distillation_equals_separate_trainers_and_checkpoints_keep_the_te
 def test_distillation_alone_through_ray_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch):
     """--source none with a distillation weight: the predecessors' snapshots still travel,
     net{k}/distill_loss is logged, and a run stopped in round 2 resumes with its teachers."""
+    from graftune.population.resources import worker_threads
+    from graftune.population.worker import usable_cores
     from graftune.tracking.experiment import resume_payload, run_experiment
 
     config = smoke_config(
@@ -159,7 +159,7 @@ def test_distillation_alone_through_ray_resumes_like_an_uninterrupted_run(tmp_pa
     data = load_dataset(config.data)
     uninterrupted = run_experiment(config, data)
     # Two of the tests' 4 Ray CPUs each: as many threads as that share of the real cores.
-    threads = max(1, int(2 * min(1, len(os.sched_getaffinity(0)) / 4)))
+    threads = worker_threads(2, usable_cores(), node_cpus=4)
     assert [info["threads"] for info in uninterrupted.worker_info] == [threads, threads]
     client = MlflowClient(uninterrupted.tracking_uri)
     distill = client.get_metric_history(uninterrupted.run_id, "net1/distill_loss")

@@ -2,7 +2,6 @@
 a checkpoint and resume, and the restore of a diverged network (fp32, on the CPU)."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -184,6 +183,8 @@ def test_a_fused_population_runs_survives_its_worker_dying_and_logs_every_round(
     from mlflow.tracking import MlflowClient
 
     from conftest import run_with_hook_after_round_1, smoke_config
+    from graftune.population.resources import worker_threads
+    from graftune.population.worker import usable_cores
 
     config = smoke_config(tmp_path, num_models=3, epochs=3, fuse="on")
 
@@ -194,8 +195,8 @@ def test_a_fused_population_runs_survives_its_worker_dying_and_logs_every_round(
     result = run_with_hook_after_round_1(config, kill_the_worker)
     assert [info["networks"] for info in result.worker_info] == [[0, 1, 2]]
     # The tests' Ray declares 4 CPUs, all of them this worker's: no more threads than cores.
-    cores = len(os.sched_getaffinity(0))
-    assert [info["threads"] for info in result.worker_info] == [min(4, cores)]
+    threads = worker_threads(4, usable_cores(), node_cpus=4)
+    assert [info["threads"] for info in result.worker_info] == [threads]
     assert [h["round"] for h in result.history] == [1, 2, 3]
     assert all(len(h["networks"]) == 3 for h in result.history)
     assert any("worker 0 died" in e for e in result.events)

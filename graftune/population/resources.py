@@ -51,7 +51,9 @@ def worker_threads(cpus: float, cores: int, node_cpus: float) -> int:
     may run on ``cores``: the worker's share of the real cores, at least one. Where a node
     declares more CPUs than it has cores, threads beyond the cores would spin against each
     other and multiply a step's CPU time."""
-    return max(1, int(cpus * min(1.0, cores / max(node_cpus, cpus, 1e-9))))
+    if node_cpus > cores:
+        cpus = cpus * cores / node_cpus
+    return max(1, int(cpus))
 
 
 def largest_node_cpus() -> float:
