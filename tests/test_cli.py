@@ -32,6 +32,8 @@ def bad_input(capsys, argv: list[str]) -> str:
         (["--epochs", "0"], "--epochs"),
         (["--max-lead", "-1"], "--max-lead"),
         (["--no-such-flag", "1"], "--no-such-flag"),
+        (["--plot"], "--plot"),  # a prefix of --plots: refused, not guessed
+        (["--epoch", "2"], "--epoch"),
         (["--resume", "0123456789abcdef"], "--resume"),
         (["--tracking-uri", "bogus://store"], "--tracking-uri"),
         (["--max-image-bytes", "0"], "--max-image-bytes"),

@@ -22,10 +22,12 @@ EXIT_BAD_INPUT = 2
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming it (plus exit code 2), not a usage dump.
+    """argparse, but a bad flag is one line naming it (plus exit code 2), not a usage dump,
+    and a prefix of a flag is refused rather than taken as the flag.
     Every command has ``--verbose``, which lets Ray's and MLflow's own messages through."""
 
     def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)  # a typo such as --plot is refused, not guessed
         super().__init__(*args, **kwargs)
         self.add_argument(
             "--verbose", action="store_true", help="show Ray's and MLflow's own messages too"

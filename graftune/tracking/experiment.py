@@ -24,7 +24,6 @@ from graftune.config import Config, ConfigError, flatten
 from graftune.data import ImageSet
 from graftune.population.population import Population, RoundResult
 from graftune.population.rounds import run_population
-from graftune.tracking import plots
 from graftune.tracking.checkpoint import (
     Resume,
     check_compatible,
@@ -267,6 +266,8 @@ def _payload(config, round_index, population, history, records) -> dict[str, Any
 def _log_final_artifacts(tracker, config, states, history, records) -> None:
     tracker.log_table(records, RECORDS_ARTIFACT)
     if config.tracking.plots:
+        from graftune.tracking import plots  # matplotlib costs half a second; --no-plots skips it
+
         with tempfile.TemporaryDirectory() as tmp:
             plots.write_all(history, records, Path(tmp))
             tracker.log_artifacts(tmp, "plots")
