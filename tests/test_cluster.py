@@ -550,14 +550,37 @@ def test_a_population_survives_the_loss_of_a_node_mid_round(cluster, tmp_path):
 # --- the files in cluster/, checked without a cluster ------------------------------------
 
 
-def test_runtime_env_file_is_a_valid_runtime_env_that_leaves_data_behind():
+def test_runtime_env_file_is_a_valid_runtime_env_that_leaves_data_behind(tmp_path):
+    from ray._private.runtime_env.packaging import create_package  # what job submit zips
     from ray.runtime_env import RuntimeEnv
 
     spec = yaml.safe_load((CLUSTER_DIR / "runtime_env.yaml").read_text())
     RuntimeEnv(**spec)  # raises on unknown fields or wrong types
     assert spec["working_dir"] == "."
-    assert {".git/", "data/", "checkpoints/", "mlflow.db"} <= set(spec["excludes"])
     assert spec["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
+
+    def uploaded(root: Path) -> set[str]:
+        target = tmp_path / f"{root.name}.zip"
+        create_package(str(root), target, include_gitignore=True, excludes=spec["excludes"])
+        return {name for name in zipfile.ZipFile(target).namelist() if not name.endswith("/")}
+
+    # Every module of the package travels (graftune/data/ too, which data/ would match) ...
+    repo = CLUSTER_DIR.parent
+    modules = {str(p.relative_to(repo)) for p in (repo / "graftune").rglob("*.py")}
+    assert modules and modules <= uploaded(repo)
+    # ... and data, checkpoints and MLflow's local files stay behind.
+    tree = tmp_path / "job"
+    for name in [
+        "graftune/data/files.py",
+        "data/cifar-10-batches-py/data_batch_1",
+        "checkpoints/run/net0.pt",
+        "mlflow.db",
+        "cifar10.zip",
+        ".git/HEAD",
+    ]:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("x")
+    assert uploaded(tree) == {"graftune/data/files.py"}
 
 
 def test_cluster_launcher_file_passes_rays_schema_and_keeps_auth_on():
