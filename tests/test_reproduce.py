@@ -5,6 +5,7 @@ import pytest
 from conftest import smoke_args
 from graftune.commands import reproduce
 from graftune.config import Config, validate, with_overrides
+from graftune.models import create_model
 
 
 def test_list_names_every_table(capsys):
@@ -22,6 +23,19 @@ def test_every_arm_is_a_valid_setting_and_paper_numbers_match_the_supplement():
     assert (fixed.paper["cifar10"], adaptive.paper["cifar100"]) == (93.22, 71.28)
     assert len(specs["table5"].arms) == 10
     assert [a.overrides["num_models"] for a in specs["population"].arms][::2] == [2, 3, 4, 6, 8]
+
+
+def test_table1_shows_the_papers_iou_beside_the_measured_one():
+    config = with_overrides(Config(), {"model": "resnet32"})
+    spec = reproduce.table_specs("resnet32", 2)["table1"]
+    weights = [create_model("resnet32").state_dict() for _ in range(2)]
+    outcome = {"final": {"networks": [], "population": {}}, "weights": weights}
+    values = reproduce.measure(spec, config, outcome)
+    assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
+    seeds = [{"values": values, "run_id": "0123456789abcdef"}]
+    text = reproduce.markdown("table1", spec, config, [(spec.arms[0], seeds)])
+    row = [cell.strip() for cell in text.splitlines()[-1].split("|")]
+    assert row[2:6] == ["0.00 / 0.00 / 0.20", *(f"{v:.2f}" for v in values)]
 
 
 def test_unknown_table_exits_2(tmp_path, capsys):

@@ -158,10 +158,10 @@ def markdown(name: str, spec: TableSpec, config: Config, rows: list[tuple[Arm, l
     lines.append("| arm | paper | " + " | ".join(columns) + " | runs |")
     lines.append("|---|---:|" + "---:|" * len(columns) + "---|")
     for arm, seeds in rows:
-        paper = arm.paper.get(dataset)
+        reported: Any = arm.paper.get(dataset)
         if spec.measure == "iou":
-            paper_values = paper.INVALID_IOU.get(paper.MODELS.get(config.model.model, ""))
-            paper = " / ".join(f"{v:.2f}" for v in paper_values) if paper_values else None
+            iou = paper.INVALID_IOU.get(paper.MODELS.get(config.model.model, ""))
+            reported = " / ".join(f"{v:.2f}" for v in iou) if iou else None
         cells = []
         for i in range(len(columns)):
             values = [s["values"][i] for s in seeds if i < len(s["values"])]
@@ -169,7 +169,7 @@ def markdown(name: str, spec: TableSpec, config: Config, rows: list[tuple[Arm, l
             mean = f" (mean {statistics.mean(values):.2f})" if len(values) > 1 else ""
             cells.append(shown + mean)
         runs = ", ".join(s["run_id"][:8] for s in seeds)
-        paper_text = "—" if paper is None else str(paper)
+        paper_text = "—" if reported is None else str(reported)
         lines.append(f"| {arm.label} | {paper_text} | " + " | ".join(cells) + f" | {runs} |")
     return "\n".join(lines) + "\n"
 
