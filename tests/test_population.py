@@ -168,6 +168,37 @@ def test_worker_resources_fit_the_nodes():
     assert worker_resources(fixed, {"CPU": 24, "GPU": 4}) == {"CPU": 3.0}
 
 
+def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
+    from graftune.commands.trial import trial_resources
+    from graftune.population.resources import worker_layout
+
+    def layout(cluster, **settings):
+        config = with_overrides(Config(), {"num_models": 4, **settings})
+        groups, worker, fused = worker_layout(config, cluster)
+        return groups, worker, fused
+
+    one_gpu, four_gpus = {"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 4}
+    assert layout(one_gpu) == ([[0, 1, 2, 3]], {"CPU": 1.0, "GPU": 1.0}, True)
+    assert layout(four_gpus) == ([[0], [1], [2], [3]], {"CPU": 1.0, "GPU": 1.0}, True)
+    eight = layout({"CPU": 16, "GPU": 2}, num_models=8)
+    assert eight == ([[0, 1, 2, 3], [4, 5, 6, 7]], {"CPU": 1.0, "GPU": 1.0}, True)
+    # what the user asks for stands: CPUs, half a GPU each, or no GPU at all
+    assert layout(one_gpu, cpus_per_worker=3)[1] == {"CPU": 3.0, "GPU": 1.0}
+    half = layout(one_gpu, gpus_per_worker=0.5)
+    assert half == ([[0, 1], [2, 3]], {"CPU": 1.0, "GPU": 0.5}, True)
+    assert layout(one_gpu, gpus_per_worker=0) == ([[0], [1], [2], [3]], {"CPU": 4.0}, False)
+    # CPUs: one worker per network unless --fuse on; no GPU up yet (an autoscaling
+    # cluster): one worker per network, each asking for its GPU
+    assert layout({"CPU": 4}) == ([[0], [1], [2], [3]], {"CPU": 1.0}, False)
+    assert layout({"CPU": 4}, fuse="on") == ([[0, 1, 2, 3]], {"CPU": 4.0}, True)
+    cold = layout({"CPU": 4}, gpus_per_worker=1, cpus_per_worker=3)
+    assert cold == ([[0], [1], [2], [3]], {"CPU": 3.0, "GPU": 1.0}, False)
+    assert layout(one_gpu, fuse="off")[2] is False
+    # a Tune trial asks for its driver and its workers, not its networks
+    bundles = trial_resources({}, with_overrides(Config(), {"num_models": 4}), one_gpu)
+    assert bundles.bundles == [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
+
+
 def test_resume_keeps_the_settings_of_the_last_resume(tmp_path):
     """The checkpoint's settings are the truth: --epochs given to one resume still stands
     at the next resume without flags, and each resume is recorded with what it changed."""

@@ -103,7 +103,11 @@ class PopulationConfig:
     num_models: int = setting(2, "K, the size of the ring")
     placement: Literal["PACK", "SPREAD"] = setting("PACK", "how the workers are laid out")
     cpus_per_worker: float = setting(0.0, "0 = share the cluster's CPUs evenly among the workers")
-    gpus_per_worker: float = setting(-1.0, "-1 = a GPU each if there are K, else a share; 0 = CPU")
+    gpus_per_worker: float = setting(
+        -1.0,
+        "-1 = auto (a whole GPU per fused worker; unfused, a GPU each if there are K, else a "
+        "share); 0 = CPU only",
+    )
     checkpoint_every: int = setting(1, "rounds between checkpoints on disk")
     checkpoint_dir: str = setting("./checkpoints", "where population checkpoints are written")
     max_failures: int = setting(3, "worker deaths survived per run before giving up")

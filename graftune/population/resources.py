@@ -69,26 +69,25 @@ def worker_layout(
 ) -> tuple[list[list[int]], dict[str, float], bool]:
     """Which networks each worker holds, one worker's resources, and whether it fuses.
 
-    Fused (``--fuse on``, or ``auto`` with GPUs): one worker per GPU, up to K, holding an
-    even, contiguous share of the networks (K = 8 on 2 GPUs: two workers of four), or one
-    worker for all of them on CPUs. Unfused: one worker per network, as before.
+    Fused (``--fuse on``, or ``auto`` with GPUs in the cluster and ``--gpus-per-worker``
+    not 0): one worker per GPU (per ``--gpus-per-worker`` GPUs, if set), up to K, holding
+    an even, contiguous share of the networks (K = 8 on 2 GPUs: two workers of four), or
+    one worker for all of them on CPUs. Unfused: one worker per network, as before.
     ``num_workers`` fixes the count (a Tune trial's placement group already has it).
     """
-    k, gpus = config.population.num_models, int(cluster.get("GPU", 0))
-    fuse = config.population.fuse
-    unfusable = (
-        config.population.asynchronous
-        or config.model.compile
-        or config.graft.bn_recalibrate_batches > 0
-    )
-    if fuse == "off" or (fuse == "auto" and not gpus) or unfusable:
+    p = config.population
+    k, gpus, asked = p.num_models, int(cluster.get("GPU", 0)), p.gpus_per_worker
+    unfusable = p.asynchronous or config.model.compile or config.graft.bn_recalibrate_batches > 0
+    on_gpus = asked > 0 or (asked < 0 and gpus > 0)
+    if p.fuse == "off" or unfusable or (p.fuse == "auto" and not (on_gpus and gpus)):
         return [[i] for i in range(k)], worker_resources(config, cluster, largest_node_cpus), False
-    count = num_workers or (min(gpus, k) if gpus else 1)
+    per_worker = asked if asked > 0 else 1.0
+    count = num_workers or (max(1, min(k, int(gpus / per_worker))) if on_gpus else 1)
     groups = [list(range(k))[w * k // count : (w + 1) * k // count] for w in range(count)]
     cpus = cluster.get("CPU", 1) / count
     if largest_node_cpus:
         cpus = min(cpus, largest_node_cpus)
-    cpus = config.population.cpus_per_worker or max(0.01, int(cpus * 100) / 100)
-    if gpus:
-        return groups, {"CPU": min(1.0, cpus), "GPU": 1.0}, True
-    return groups, {"CPU": cpus}, True
+    share = max(0.01, int(cpus * 100) / 100)
+    if on_gpus:  # data and augmentation live on the GPU: one CPU is enough unless asked
+        return groups, {"CPU": p.cpus_per_worker or min(1.0, share), "GPU": per_worker}, True
+    return groups, {"CPU": p.cpus_per_worker or share}, True
