@@ -20,6 +20,7 @@ from graftune.core import (
     layer_entropy,
     ring_graft,
 )
+from graftune.core.graft import noise_source
 from graftune.models import create_model, list_models
 
 
@@ -191,6 +192,10 @@ def test_none_source_changes_nothing_and_noise_source_keeps_bn():
     new, records = graft(a, None, units, policy, generator)
     assert not torch.equal(new["0.weight"], a["0.weight"])
     torch.testing.assert_close(new["1.running_var"], a["1.running_var"])
+    # a fused GPU worker grafts weights on its device with the CPU generator: the noise
+    # follows the weights ("meta" stands in for a GPU here)
+    on_device = {k: v.to("meta") for k, v in a.items()}
+    assert noise_source(on_device, units, generator)["0.weight"].device.type == "meta"
 
 
 def test_two_network_ring_makes_identical_networks():

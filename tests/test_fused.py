@@ -86,6 +86,24 @@ def test_a_diverged_fused_network_is_detected_and_restored_alone():
     assert all(float(buf[1].abs().sum()) == 0 for buf in fused.momentum.values())
 
 
+def test_new_teachers_start_from_clean_gradients():
+    """Distillation changes the step's shape, so the CUDA graph is dropped. A replayed graph
+    leaves its gradients in ``p.grad`` (ones here stand in for them): the first eager step
+    after must not add them to its own."""
+    config = with_overrides(config_for("tiny_cnn", 2), {"distill_weight": 1.0})
+    data = load_dataset(config.data)
+    replayed, fresh = (FusedTrainer(config, range(2), data, device="cpu") for _ in range(2))
+    for trainer in (replayed, fresh):
+        trainer.train_interval(2)
+    for p in replayed.params.values():
+        p.grad = torch.ones_like(p)
+    for trainer in (replayed, fresh):
+        trainer.set_teachers([1, 0])
+        trainer.train_interval(2)
+    for a, b in zip(models_of(replayed), models_of(fresh)):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 @pytest.mark.parametrize("model", ["resnet20_leaky", "resnet56", "vgg16_bn", "tiny_cnn"])
 def test_registered_cifar_models_fuse(model):
     assert fusable(model) == ""

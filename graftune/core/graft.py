@@ -65,7 +65,9 @@ def noise_source(
     source = {}
     for unit in units:
         weight = as_tensor(receiver[unit.weight]).float()
-        noise = torch.randn(weight.shape, generator=generator) * weight.std(unbiased=False)
+        # Drawn by the CPU generator (the same draws on any device), then moved to the weight.
+        noise = torch.randn(weight.shape, generator=generator).to(weight.device)
+        noise = noise * weight.std(unbiased=False)
         source[unit.weight] = noise.to(weight.dtype)
         source.update({k: as_tensor(receiver[k]) for k in unit.keys[1:]})
     return source

@@ -316,5 +316,10 @@ class FusedTrainer(StackedNetworks):
         return metrics
 
     def _restart_graph(self) -> None:
+        """Drop the CUDA graph (the step changes shape): capture anew after a warm-up. A
+        replayed graph leaves its static gradients in ``p.grad``, which the next eager
+        backward would add to its own."""
+        for p in self.params.values():
+            p.grad = None
         if self.device.type == "cuda":
             self.graph, self.graph_note, self._eager_steps = None, "", 0
