@@ -223,3 +223,24 @@ def test_a_fused_population_runs_survives_its_worker_dying_and_logs_every_round(
         steps = [m.step for m in client.get_metric_history(result.run_id, f"net{k}/test_acc")]
         assert steps == [1, 2, 3]
     assert {r["round"] for r in result.records} == {1, 2}  # grafted on the device
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_model_that_cannot_fuse_runs_one_network_per_worker_and_says_so(tmp_path, caplog):
+    """torchvision's ImageNet MobileNetV2 has Dropout, which vmap refuses: --fuse on falls
+    back to separate workers, with one line in the log and the reason in the run's tags."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import smoke_config
+    from graftune.tracking.experiment import FUSE_TAG, run_experiment
+
+    config = smoke_config(tmp_path, model="mobilenet_v2_imagenet", epochs=1, fuse="on")
+    with caplog.at_level("WARNING", logger="graftune"):
+        result = run_experiment(config, load_dataset(config.data))
+    assert [info["networks"] for info in result.worker_info] == [[0], [1]]
+    assert not any(info["fused"] for info in result.worker_info)
+    notes = [r.message for r in caplog.records if "cannot be fused" in r.message]
+    assert len(notes) == 1 and "one network per worker" in notes[0]
+    tags = MlflowClient(result.tracking_uri).get_run(result.run_id).data.tags
+    assert tags[FUSE_TAG] == notes[0]
+    assert [h["round"] for h in result.history] == [1]

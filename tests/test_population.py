@@ -174,8 +174,8 @@ def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
 
     def layout(cluster, **settings):
         config = with_overrides(Config(), {"num_models": 4, **settings})
-        groups, worker, fused = worker_layout(config, cluster)
-        return groups, worker, fused
+        layout = worker_layout(config, cluster)
+        return layout.groups, layout.resources, layout.fused
 
     one_gpu, four_gpus = {"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 4}
     assert layout(one_gpu) == ([[0, 1, 2, 3]], {"CPU": 1.0, "GPU": 1.0}, True)
@@ -197,6 +197,17 @@ def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
     # a Tune trial asks for its driver and its workers, not its networks
     bundles = trial_resources({}, with_overrides(Config(), {"num_models": 4}), one_gpu)
     assert bundles.bundles == [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
+    # where the networks would fuse but cannot: one per worker, and the note says why
+    separate = ([[0], [1], [2], [3]], {"CPU": 1.0, "GPU": 0.25}, False)
+    for settings, why in [
+        ({"asynchronous": True}, "--asynchronous"),
+        ({"model": "mobilenet_v2_imagenet"}, "mobilenet_v2_imagenet cannot be fused"),
+    ]:
+        assert layout(one_gpu, **settings) == separate
+        config = with_overrides(Config(), {"num_models": 4, **settings})
+        assert why in worker_layout(config, one_gpu).note
+        assert len(trial_resources({}, config, one_gpu).bundles) == 1 + 4  # sized to match
+    assert worker_layout(with_overrides(Config(), {"num_models": 4}), one_gpu).note == ""
 
 
 def test_resume_keeps_the_settings_of_the_last_resume(tmp_path):

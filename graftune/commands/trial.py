@@ -41,8 +41,8 @@ def trial_resources(params: dict[str, Any], base: Config, cluster: dict):
     """One bundle for the trial's driver, then one per worker of its own population: one
     per network, or one per GPU when the networks are fused."""
     config = trial_config(base, params)
-    groups, worker, _ = worker_layout(config, cluster)
-    bundles = [dict(DRIVER_BUNDLE)] + [dict(worker) for _ in groups]
+    layout = worker_layout(config, cluster)
+    bundles = [dict(DRIVER_BUNDLE)] + [dict(layout.resources) for _ in layout.groups]
     return tune.PlacementGroupFactory(bundles, strategy=config.population.placement)
 
 

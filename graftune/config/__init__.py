@@ -8,7 +8,7 @@ field give the reasons for a default that do not belong in ``--help``.
 """
 
 from graftune.config.overrides import flatten, from_flat, read_yaml, with_overrides
-from graftune.config.rules import RULES, validate
+from graftune.config.rules import RULES, one_network_per_worker, validate
 from graftune.config.settings import (
     SECTIONS,
     Config,
@@ -38,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "flag_name",
     "flatten",
+    "one_network_per_worker",
     "from_flat",
     "read_yaml",
     "setting",

@@ -62,6 +62,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def one_network_per_worker(config: Config) -> str:
+    """The first setting that needs one network per worker, and why ('' if none does)."""
+    m, g, p = config.model, config.graft, config.population
+    settings = [
+        ("asynchronous", p.asynchronous, "asynchronous rounds run one network per worker"),
+        ("compile", m.compile, "--compile applies to unfused workers"),
+        ("bn_recalibrate_batches", g.bn_recalibrate_batches > 0, "recalibration is unfused"),
+    ]
+    return next((f"{flag_name(name)} ({why})" for name, on, why in settings if on), "")
+
+
 def validate(config: Config, known_models: list[str] | None = None) -> Config:
     """Check every setting; raise :class:`ConfigError` naming the first bad one.
 
@@ -95,15 +106,8 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
             f"--num-models must be >= 2 when --source is network (a ring needs a predecessor); "
             f"got {p.num_models}. Use --source none to train one network alone."
         )
-    if p.fuse == "on":
-        unfusable = [
-            ("asynchronous", p.asynchronous, "asynchronous rounds run one network per worker"),
-            ("compile", m.compile, "--compile applies to unfused workers"),
-            ("bn_recalibrate_batches", g.bn_recalibrate_batches > 0, "recalibration is unfused"),
-        ]
-        for name, on, why in unfusable:
-            if on:
-                raise ConfigError(f"--fuse on cannot be combined with {flag_name(name)} ({why})")
+    if p.fuse == "on" and (unfused := one_network_per_worker(config)):
+        raise ConfigError(f"--fuse on cannot be combined with {unfused}")
     if config.tracking.register_model and not config.tracking.log_models:
         raise ConfigError("--register-model needs the MLflow models; drop --no-log-models")
     if d.dataset == "imagefolder" and not d.data_dir:

@@ -16,7 +16,7 @@ from graftune.config import Config, flatten
 from graftune.core import population_summary
 from graftune.core.graft import predecessor
 from graftune.population.liveness import dead_workers, death_line, lost_call_line
-from graftune.population.resources import largest_node_cpus, worker_layout, worker_resources
+from graftune.population.resources import largest_node_cpus, worker_layout
 from graftune.population.ring import (
     graft_records,
     grafts_in_round,
@@ -24,7 +24,6 @@ from graftune.population.ring import (
     restored_event,
 )
 from graftune.population.worker import GraftWorker
-from graftune.training.fused import fusable
 
 log = logging.getLogger("graftune")
 # What a dead worker or a lost node raises: a call of the worker's, or an object it held.
@@ -72,20 +71,13 @@ class Population:
         num_workers = None
         if self.placement is not None:
             num_workers = len(self.placement.bundle_specs) - self.bundle_offset
-        self.groups, self.resources, self.fused = worker_layout(
+        layout = worker_layout(
             self.config, ray.cluster_resources(), largest_node_cpus(), num_workers
         )
-        self.fuse_note = ""
-        if self.fused and (why := fusable(self.config.model.model)):
-            self.fuse_note = (
-                f"{self.config.model.model} cannot be fused ({why}); one network per worker"
-            )
+        self.groups, self.resources, self.fused = layout.groups, layout.resources, layout.fused
+        self.fuse_note = layout.note
+        if self.fuse_note:
             log.warning(self.fuse_note)
-            self.groups = [[k] for k in range(self.size)]
-            self.resources, self.fused = (
-                worker_resources(self.config, ray.cluster_resources()),
-                False,
-            )
         if self.placement is None:
             bundles = [dict(self.resources) for _ in self.groups]
             self.placement = placement_group(bundles, strategy=self.config.population.placement)

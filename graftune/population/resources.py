@@ -4,10 +4,12 @@ the cluster: CPUs and GPU shares that fit the nodes, fused or one network per wo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import ray
 
-from graftune.config import Config
+from graftune.config import Config, one_network_per_worker
+from graftune.training.fused import fusable
 
 
 def worker_resources(
@@ -61,26 +63,44 @@ def largest_node_cpus() -> float:
     return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Which networks each worker holds, what one worker asks of the cluster, whether the
+    workers fuse their networks, and why not where they would have (``note``)."""
+
+    groups: list[list[int]]
+    resources: dict[str, float]
+    fused: bool
+    note: str = ""
+
+
 def worker_layout(
     config: Config,
     cluster: dict[str, float],
     largest_node_cpus: float | None = None,
     num_workers: int | None = None,
-) -> tuple[list[list[int]], dict[str, float], bool]:
-    """Which networks each worker holds, one worker's resources, and whether it fuses.
+) -> Layout:
+    """The workers of a population on ``cluster``.
 
     Fused (``--fuse on``, or ``auto`` with GPUs in the cluster and ``--gpus-per-worker``
     not 0): one worker per GPU (per ``--gpus-per-worker`` GPUs, if set), up to K, holding
     an even, contiguous share of the networks (K = 8 on 2 GPUs: two workers of four), or
-    one worker for all of them on CPUs. Unfused: one worker per network, as before.
-    ``num_workers`` fixes the count (a Tune trial's placement group already has it).
+    one worker for all of them on CPUs. Unfused: one worker per network, as before; also
+    where a setting needs that or the model cannot be fused (said in ``note``).
+    ``num_workers`` fixes the count (a Tune trial's placement group already has it, from
+    this same function).
     """
     p = config.population
     k, gpus, asked = p.num_models, int(cluster.get("GPU", 0)), p.gpus_per_worker
-    unfusable = p.asynchronous or config.model.compile or config.graft.bn_recalibrate_batches > 0
     on_gpus = asked > 0 or (asked < 0 and gpus > 0)
-    if p.fuse == "off" or unfusable or (p.fuse == "auto" and not (on_gpus and gpus)):
-        return [[i] for i in range(k)], worker_resources(config, cluster, largest_node_cpus), False
+    wanted = p.fuse == "on" or (p.fuse == "auto" and on_gpus and gpus > 0)
+    note = one_network_per_worker(config) if wanted else ""  # --fuse on refused these
+    if wanted and not note and (why := fusable(config.model.model)):
+        note = f"{config.model.model} cannot be fused ({why})"
+    if not wanted or note:
+        resources = worker_resources(config, cluster, largest_node_cpus)
+        note = f"{note}: one network per worker" if note else ""
+        return Layout([[i] for i in range(k)], resources, False, note)
     per_worker = asked if asked > 0 else 1.0
     count = num_workers or (max(1, min(k, int(gpus / per_worker))) if on_gpus else 1)
     groups = [list(range(k))[w * k // count : (w + 1) * k // count] for w in range(count)]
@@ -89,5 +109,6 @@ def worker_layout(
         cpus = min(cpus, largest_node_cpus)
     share = max(0.01, int(cpus * 100) / 100)
     if on_gpus:  # data and augmentation live on the GPU: one CPU is enough unless asked
-        return groups, {"CPU": p.cpus_per_worker or min(1.0, share), "GPU": per_worker}, True
-    return groups, {"CPU": p.cpus_per_worker or share}, True
+        gpu_worker = {"CPU": p.cpus_per_worker or min(1.0, share), "GPU": per_worker}
+        return Layout(groups, gpu_worker, True)
+    return Layout(groups, {"CPU": p.cpus_per_worker or share}, True)

@@ -49,6 +49,7 @@ from graftune.tracking.tracker import (
 
 RECORDS_ARTIFACT = "grafting/entropy_alpha.csv"
 WORKERS_TAG = "graftune.workers"  # where each network ran: node, device, threads
+FUSE_TAG = "graftune.fuse"  # why the networks were not fused where they would have been
 
 
 @dataclass
@@ -172,6 +173,8 @@ def run_experiment(
         population.start(ready_timeout_s)
         result.worker_info = population.info
         tracker.set_tag(WORKERS_TAG, json.dumps(population.info))
+        if population.fuse_note:
+            tracker.set_tag(FUSE_TAG, population.fuse_note)
         if payload is not None:
             population.load_states(payload["states"])
         first_round = payload["round"] + 1 if payload else 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import torch
@@ -44,9 +45,11 @@ from graftune.training.trainer import (
 )
 
 
+@cache
 def fusable(model_name: str, num_classes: int = 10, image_size: int = 32) -> str:
     """Why the model cannot be trained fused ('' if it can): one tiny vmapped train step
-    on the CPU (vmap runs every fused model, or is what the wide layout is checked against)."""
+    on the CPU (vmap runs every fused model, or is what the wide layout is checked against),
+    once per process."""
     try:
         models = [create_model(model_name, num_classes=num_classes) for _ in range(2)]
         base = copy.deepcopy(models[0]).to("meta").train()
