@@ -16,7 +16,7 @@ browser=$(command -v chromium || command -v chromium-browser || true)
 [ -n "$browser" ] || { echo "mlflow_screenshot: no chromium; apt-get install -y chromium" >&2; exit 2; }
 
 log=$(mktemp)
-# Artifacts of a graftune store sit beside the SQLite file (tracking.py sets that location).
+# Artifacts of a graftune store sit beside the SQLite file (graftune/tracking/tracker.py sets that location).
 mlflow ui --backend-store-uri "$store" --default-artifact-root "$(dirname "$db")/mlartifacts" \
     --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
 ui=$!
