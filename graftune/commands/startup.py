@@ -8,9 +8,11 @@ other exception is a bug, not bad input: it stays a traceback with exit code 1.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -55,6 +57,22 @@ class Startup:
         if resolved not in self._stores:
             self._stores[resolved] = open_store(resolved)
         return self._stores[resolved]
+
+
+def writable_folder(path: str, what: str, is_file: bool = False) -> None:
+    """Refuse (ConfigError) a folder that a command will write into only after training: it
+    must be a folder, or not exist yet below a folder that can be written. ``is_file``: the
+    path names a file the command writes (its parent is checked instead)."""
+    target = Path(path).expanduser()
+    if is_file:
+        if target.is_dir():
+            raise ConfigError(f"{what} {path} is a folder; give the path of a file to write")
+        target = target.parent
+    existing = next(p for p in [target, *target.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {existing} cannot be written")
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
