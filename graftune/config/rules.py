@@ -25,7 +25,26 @@ def above(bound: int) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v > bound), f"must be > {bound}"
 
 
+def between(low: int, high: int, note: str = "") -> tuple[Callable[[Any], bool], str]:
+    """A closed range, written once."""
+    return (lambda v: low <= v <= high), f"must lie in [{low}, {high}]{' ' + note if note else ''}"
+
+
+def mlflow_model_name(name: str) -> bool:
+    """MLflow 3's rule for a registered model name ('' = do not register), checked before
+    the training rather than after it: not blank, no '/' or ':', no '%' (its file store), and
+    not a name that resolves to another path ('.', '..x')."""
+    bad = name.strip() == "" or any(c in name for c in "/:%") or name == "."
+    return name == "" or not (bad or name.startswith(".."))
+
+
 UNIT_INTERVAL = (lambda v: 0.0 <= v <= 1.0), "must lie in [0, 1]"
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
+# Generating a synthetic image peaks near 36 kB (float noise), so 100,000 images (twice
+# CIFAR-10's train set) need about 4 GB; 10,000 class templates about 1 GB with their test set.
+MAX_SYNTHETIC_SIZE = 100_000
+MAX_SYNTHETIC_CLASSES = 10_000
+MAX_EXPERIMENT_NAME = 500  # MLflow's MAX_EXPERIMENT_NAME_LENGTH
 
 # setting -> (test of its value, the rule as the error states it)
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -50,8 +69,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "step_gamma": (lambda v: 0.0 < v <= 1.0, "must lie in (0, 1]"),
     "subset": at_least(0, "(0 = all images)"),
     "test_subset": at_least(0, "(0 = all images)"),
-    "synthetic_size": at_least(8),
-    "synthetic_classes": at_least(2),
+    "synthetic_size": between(8, MAX_SYNTHETIC_SIZE, "(synthetic data is for tests)"),
+    "synthetic_classes": between(2, MAX_SYNTHETIC_CLASSES, "(synthetic data is for tests)"),
     "max_image_bytes": at_least(1),
     "num_models": at_least(1),
     "checkpoint_every": at_least(1),
@@ -59,6 +78,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_failures": at_least(0),
     "max_lead": at_least(0),
     "gpus_per_worker": (lambda v: v == -1 or v >= 0, "must be -1 (auto) or >= 0"),
+    "experiment": (
+        lambda v: 1 <= len(v) <= MAX_EXPERIMENT_NAME,
+        f"must be a name of 1 to {MAX_EXPERIMENT_NAME} characters (MLflow's rule)",
+    ),
+    "register_model": (
+        mlflow_model_name,
+        "must not be blank, contain '/', ':' or '%', be '.' or start with '..' "
+        "(MLflow's rule for model names)",
+    ),
 }
 
 
@@ -101,6 +129,11 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
     for name, (ok, rule) in RULES.items():
         if not ok(values[name]):
             raise ConfigError(f"{flag_name(name)} {rule}; got {values[name]!r}")
+    if not 0 <= config.train.seed <= MAX_SEED - (p.num_models - 1):  # network k: seed + k
+        raise ConfigError(
+            f"--seed must lie in [0, {MAX_SEED - (p.num_models - 1)}] with --num-models "
+            f"{p.num_models} (network k uses seed + k); got {config.train.seed}"
+        )
     if p.num_models < 2 and g.source == "network":
         raise ConfigError(
             f"--num-models must be >= 2 when --source is network (a ring needs a predecessor); "
