@@ -235,6 +235,21 @@ def test_image_file_over_the_limit_is_refused_before_reading(tmp_path, kind):
 
 
 @both_kinds
+def test_a_cache_decoded_under_a_looser_limit_is_not_reused(tmp_path, kind):
+    members = good_members() | {"train/bee/big.png": png() + bytes(5000)}
+    path = build(tmp_path, kind, members)
+    assert load_dataset(folder_config(path))  # decoded and cached under the default limit
+    assert "over the 4 KiB limit" in refusal(path, max_image_bytes=4096)
+
+
+@both_kinds
+def test_a_file_that_is_no_image_is_named_not_its_buffer(tmp_path, kind):
+    members = good_members() | {"test/ant/2.png": b"no image at all"}
+    message = refusal(build(tmp_path, kind, members))
+    assert "cannot decode 'test/ant/2.png'" in message and "BytesIO" not in message
+
+
+@both_kinds
 def test_truncated_jpeg_is_refused(tmp_path, kind):
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "JPEG")

@@ -45,6 +45,20 @@ def test_unknown_table_exits_2(tmp_path, capsys):
     assert "TABLE" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("no_ray")
+@pytest.mark.parametrize(
+    "extra, named",
+    [(["--output", "afile"], "--output"), (["--seeds", "0", str(2**40)], "--seed")],
+)
+def test_what_would_fail_after_training_is_refused_before(tmp_path, capsys, extra, named):
+    (tmp_path / "afile").write_text("")
+    extra = [str(tmp_path / e) if e == "afile" else e for e in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["invalid", *extra, *smoke_args(tmp_path)])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_table4_writes_markdown_with_both_arms(tmp_path, capsys):
     out = tmp_path / "tables"

@@ -19,7 +19,7 @@ from typing import Any
 from graftune.commands import paper_numbers as paper
 from graftune.commands.cli import OneLineParser, add_setting_flags, config_from_args
 from graftune.commands.libraries import init_ray
-from graftune.commands.startup import Startup, check, parse
+from graftune.commands.startup import Startup, check, parse, writable_folder
 from graftune.config import Config, ConfigError, validate, with_overrides
 from graftune.core import find_graft_units, invalid_iou
 from graftune.models import create_model, list_models
@@ -196,8 +196,10 @@ def configure(startup: Startup) -> Config:
     if args.table not in specs:
         raise ConfigError(f"TABLE must be one of {', '.join(specs)}; got {args.table!r}")
     startup.extra = specs[args.table]
+    writable_folder(args.output, "--output")  # the table is written after all the training
     for arm in startup.extra.arms:
-        validate(with_overrides(config, arm.overrides))
+        for seed in args.seeds:
+            validate(with_overrides(config, {**arm.overrides, "seed": seed}))
     return config
 
 

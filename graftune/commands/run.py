@@ -7,6 +7,7 @@ python -m graftune.run --resume RUN_ID                     # continue a stopped 
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -15,8 +16,8 @@ from rich.table import Table
 
 from graftune.commands.cli import OneLineParser, add_setting_flags, config_from_args
 from graftune.commands.libraries import init_ray
-from graftune.commands.startup import Startup, start
-from graftune.config import Config, from_flat, validate
+from graftune.commands.startup import Startup, bad_input_is_one_line, start
+from graftune.config import Config, ConfigError, from_flat, validate
 from graftune.data import ImageSet
 from graftune.models import list_models
 from graftune.tracking.checkpoint import Resume, check_compatible
@@ -41,8 +42,10 @@ def configure(startup: Startup) -> Config:
     from graftune.tracking.experiment import stopped_run
 
     args, base = startup.args, None
-    if args.resume:  # the checkpoint's settings, then whatever flags were typed now
-        startup.extra = stopped_run(startup.store(args.tracking_uri or ""), args.resume)
+    typed = config_from_args(args)  # --config and the flags: --resume may come from either
+    if typed.population.resume:  # the checkpoint's settings, then the file and the flags
+        store = startup.store(typed.tracking.tracking_uri)
+        startup.extra = stopped_run(store, typed.population.resume)
         base = from_flat(startup.extra.payload["config"])
     config = validate(config_from_args(args, base), known_models=list_models())
     if startup.extra is not None:
@@ -50,9 +53,21 @@ def configure(startup: Startup) -> Config:
     return config
 
 
-def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Resume | None]:
-    """Everything that can be wrong with the input, checked before any actor starts."""
+def checked(argv: list[str] | None) -> Startup:
+    """Everything that can be wrong with the input, checked before any actor starts; a
+    resumed run's lease is taken last, so a refused resume leaves none behind."""
+    from graftune.tracking.experiment import claim
+
     startup = start(build_parser(), argv, configure)
+    if startup.extra is not None:
+        with bad_input_is_one_line():
+            claim(startup.extra)
+    return startup
+
+
+def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Resume | None]:
+    """:func:`checked`, as the settings, the data and the stopped run (or None)."""
+    startup = checked(argv)
     return startup.config, startup.data, startup.extra
 
 
@@ -67,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(argv: list[str] | None) -> int:
-    startup = start(build_parser(), argv, configure)
+    startup = checked(argv)
     config, data, resume = startup.config, startup.data, startup.extra
     from graftune.tracking.experiment import run_experiment
 
     where = init_ray(verbose=startup.args.verbose)
+    with bad_input_is_one_line():
+        fits_local_ray(config)
     console.print(
         f"graftune: {config.population.num_models} x {config.model.model} on "
         f"{config.data.dataset} ({len(data.train_labels)} train / {len(data.test_labels)} test "
@@ -100,6 +117,26 @@ def train(argv: list[str] | None) -> int:
         result = run_experiment(config, data, on_round, on_start, resume=resume)
     print_summary(result)
     return 0
+
+
+def fits_local_ray(config: Config) -> None:
+    """Workers that ask for more than a local Ray has would wait for ever (a cluster may
+    still grow): refuse them now, naming the settings."""
+    import ray
+
+    from graftune.population.resources import largest_node_cpus, worker_layout
+
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    cluster = ray.cluster_resources()
+    layout = worker_layout(config, cluster, largest_node_cpus())
+    needs = {k: v * len(layout.groups) for k, v in layout.resources.items()}
+    if any(v > cluster.get(k, 0) + 1e-9 for k, v in needs.items()):
+        have = {k: cluster.get(k, 0) for k in needs}
+        raise ConfigError(
+            f"{len(layout.groups)} workers of {layout.resources} need {needs}, but this "
+            f"machine has {have}; lower --cpus-per-worker, --gpus-per-worker or --num-models"
+        )
 
 
 def print_summary(result) -> None:

@@ -59,6 +59,18 @@ class Startup:
         return self._stores[resolved]
 
 
+def check_experiment(client: MlflowClient, config: Config) -> None:
+    """MLflow refuses to log into a deleted experiment, and would say so only once Ray is up."""
+    name = config.tracking.experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"--experiment {name} was deleted in the tracking store; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or "
+            f"pick another name"
+        )
+
+
 def writable_folder(path: str, what: str, is_file: bool = False) -> None:
     """Refuse (ConfigError) a folder that a command will write into only after training: it
     must be a folder, or not exist yet below a folder that can be written. ``is_file``: the
@@ -98,7 +110,8 @@ def check(
     startup = Startup(args)
     with bad_input_is_one_line():
         startup.config = configure(startup)
-        startup.store(startup.config.tracking.tracking_uri)
+        check_experiment(startup.store(startup.config.tracking.tracking_uri), startup.config)
+        writable_folder(startup.config.population.checkpoint_dir, "--checkpoint-dir")
         if load_data:
             startup.data = load_dataset(startup.config.data)
     return startup

@@ -83,7 +83,8 @@ def _open_image(source: Path | io.BytesIO, name: str, data_dir: str) -> Image.Im
             f"'{name}' in '{data_dir}' is refused as a possible decompression bomb: {reason}"
         ) from None
     except Exception as error:  # noqa: BLE001 (Pillow's plugins raise many types for bad files)
-        raise DataError(f"cannot decode '{name}' in '{data_dir}': {error}") from None
+        reason = str(error).replace(repr(source), "").strip()  # Pillow names a zip's buffer
+        raise DataError(f"cannot decode '{name}' in '{data_dir}': {reason}") from None
 
 
 def _check_size(

@@ -54,7 +54,9 @@ def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
     else:
         listing, files = _list_folder(path, data_dir, max_image_bytes)
         key = "\n".join(["dir", str(path.resolve()), *files])
-    digest = hashlib.sha256(f"v{_CACHE_VERSION}\n{key}".encode()).hexdigest()[:20]
+    # The limit is part of the key: a cache decoded under a looser one is not reused.
+    key = f"v{_CACHE_VERSION}\nlimit {max_image_bytes}\n{key}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     cache = cache_dir() / f"imagefolder-{digest}.npz"
     arrays = read_cache(cache)
     if arrays is not None:
@@ -160,11 +162,11 @@ def _list_folder(path: Path, data_dir: str, limit: int) -> tuple[_Listing, list[
     for split in SPLITS:
         for top in _scan(path / split, data_dir):
             entries = [top]
-            if top.is_dir() and not _hidden(top.name):
+            if _is_dir(top, data_dir) and not _hidden(top.name):
                 entries += _scan(Path(top.path), data_dir)  # a class folder
             for entry in entries:
                 name = Path(entry.path).relative_to(path).as_posix()
-                if listing.add(name, entry.is_dir()):
+                if listing.add(name, _is_dir(entry, data_dir)):
                     # any added, removed or rewritten image: a new cache key
                     stat = _stat(entry, name, data_dir)
                     _check_file_size(name, stat.st_size, limit, data_dir)
@@ -180,6 +182,13 @@ def _scan(folder: Path, data_dir: str) -> list[os.DirEntry]:
         return []  # a missing train/ or test/ is reported as one without images
     except OSError as error:
         raise DataError(f"cannot list '{folder}' of '{data_dir}': {error.strerror}") from None
+
+
+def _is_dir(entry: os.DirEntry, data_dir: str) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as error:  # a link that loops back on itself
+        raise DataError(f"cannot read '{entry.path}' of '{data_dir}': {error.strerror}") from None
 
 
 def _stat(entry: os.DirEntry, name: str, data_dir: str) -> os.stat_result:

@@ -59,6 +59,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
+def read_checkpoint(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A checkpoint a user points at (``what``: the flag that names it): a
+    :class:`ConfigError` naming the file when it is damaged or not a graftune checkpoint."""
+    try:
+        payload = load_checkpoint(path)
+    except Exception as error:  # torch raises many types for a file that is not its own
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise ConfigError(f"{what}: checkpoint {path} cannot be read ({reason})") from None
+    fields = {"config": dict, "states": list, "round": int, "history": list, "records": list}
+    wrong = [
+        name
+        for name, kind in fields.items()
+        if not isinstance(payload, dict) or not isinstance(payload.get(name), kind)
+    ]
+    if wrong or not all(isinstance(s, dict) for s in payload["states"]):
+        raise ConfigError(
+            f"{what}: {path} is not a graftune population checkpoint "
+            f"(missing or wrong: {', '.join(wrong) or 'states'})"
+        )
+    return payload
+
+
 def check_compatible(payload: dict[str, Any], model_name: str, num_models: int) -> None:
     """Refuse a checkpoint of another architecture or population size before any actor
     starts: a :class:`ConfigError`, since the flags (or the run chosen) are what is wrong."""

@@ -28,7 +28,7 @@ from graftune.tracking.checkpoint import (
     Resume,
     check_compatible,
     checkpoint_path,
-    load_checkpoint,
+    read_checkpoint,
     save_checkpoint,
 )
 from graftune.tracking.dataset_input import dataset_inputs
@@ -80,17 +80,31 @@ class LoggedRound(RoundResult):
 
 def stopped_run(client: MlflowClient, run_id: str) -> Resume:
     """The stopped run ``run_id`` of the store ``client`` reads, with its last checkpoint:
-    its settings are the truth. The run is fetched once, here."""
+    its settings are the truth. The run is fetched once, here; :func:`claim` it once every
+    other setting has been checked."""
     try:
-        path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG, "")
+        run = client.get_run(run_id)
     except Exception as error:  # MLflow raises its own types for an unknown run
         raise ConfigError(
             f"--resume {run_id}: no such MLflow run ({type(error).__name__})"
         ) from None
+    if run.info.status == "FINISHED":
+        raise ConfigError(
+            f"--resume {run_id}: the run finished, so there is nothing to resume; "
+            f"start a new run (its settings are in the run's config.yaml)"
+        )
+    path = run.data.tags.get(CHECKPOINT_TAG, "")
     if not path or not Path(path).exists():
         raise ConfigError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
-    acquire(lease_path(path), run_id)  # before anything starts: one driver per run
-    return Resume(run_id, load_checkpoint(path), path)
+    if not Path(path).is_file():
+        raise ConfigError(f"--resume {run_id}: its checkpoint {path} is not a file")
+    return Resume(run_id, read_checkpoint(path, f"--resume {run_id}"), path)
+
+
+def claim(resume: Resume) -> Resume:
+    """Take the stopped run's lease before anything starts: one driver per run."""
+    acquire(lease_path(resume.path), resume.run_id)
+    return resume
 
 
 def resume_payload(config: Config) -> Resume | None:
@@ -100,7 +114,7 @@ def resume_payload(config: Config) -> Resume | None:
         return None
     resume = stopped_run(MlflowClient(resolve_tracking_uri(config.tracking.tracking_uri)), run_id)
     check_compatible(resume.payload, config.model.model, config.population.num_models)
-    return resume
+    return claim(resume)
 
 
 def resume_overrides(config: Config, payload: dict[str, Any]) -> dict[str, Any]:
@@ -151,9 +165,15 @@ def run_experiment(
         )
     if tracker is None:
         tracker = open_tracker(config, resume.run_id if resume else "", parent_run_id)
-    path = _start_run(tracker, config, data, resume)
-    if lease is None and path:  # a tracker that records nothing has no checkpoint to hold
-        lease = DriverLease(lease_path(path), tracker.run_id).hold()
+    try:
+        path = _start_run(tracker, config, data, resume)
+        if lease is None and path:  # a tracker that records nothing has no checkpoint to hold
+            lease = DriverLease(lease_path(path), tracker.run_id).hold()
+    except BaseException:  # the run is open: it must not stay RUNNING
+        tracker.finish("FAILED")
+        if lease is not None:
+            lease.release()
+        raise
     resumes = 0
     if payload is not None:  # each resume and what it changed; later checkpoints carry it
         resumes = int(payload.get("resumes", 0)) + 1
