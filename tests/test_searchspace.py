@@ -92,6 +92,25 @@ def test_table5_is_a_grid_of_ten_a_c_pairs():
         ("grid: [{A: 0.4, d: 1}]\n", "'grid'"),
         ("grid: [{A: 0.4}]\nA: {uniform: [0, 1]}\n", "'A' is both"),
         ("resume: {choice: [abc]}\n", "cannot be searched"),
+        ("subset: {choice: [4]}\n", "the data is loaded once for all trials"),
+        ("synthetic_size: {int: [8, 16]}\n", "use the flag --synthetic-size"),
+        ("dataset: {choice: [synthetic]}\n", "'dataset': cannot be searched"),
+        ("data_dir: {choice: [a, b]}\n", "'data_dir': cannot be searched"),
+        ("download: {choice: [false]}\n", "'download': cannot be searched"),
+        ("test_subset: {grid: [0, 8]}\n", "'test_subset': cannot be searched"),
+        ("max_image_bytes: {choice: [1000]}\n", "'max_image_bytes': cannot be searched"),
+        ("synthetic_classes: {choice: [2]}\n", "'synthetic_classes': cannot be searched"),
+        ("grid: [{A: 0.4, subset: 8}]\n", "the data is loaded once"),
+        ("checkpoint_dir: {choice: [a]}\n", "use --checkpoint-dir"),
+        ("experiment: {choice: [a, b]}\n", "use --experiment"),
+        ("register_model: {choice: [m]}\n", "use --register-model"),
+        ("run_name: {choice: [a]}\n", "'run_name': cannot be searched"),
+        ("tracking_uri: {choice: [a]}\n", "'tracking_uri': cannot be searched"),
+        # every value, and both ends of a range, go through the flags' own rules
+        ("seed: {int: [0, 100000000000000000000000]}\n", "--seed must lie in"),
+        ("seed: {int: [-1, 3]}\n", "--seed must lie in"),
+        ("seed: {choice: [1, 4294967296]}\n", "--seed must lie in"),
+        ("cpus_per_worker: {choice: [1, -1]}\n", "--cpus-per-worker must be >= 0"),
         ("", "holds no settings"),
     ],
 )
@@ -100,6 +119,26 @@ def test_bad_file_names_the_key(tmp_path, text, named):
         load_search_space(write(tmp_path, text), Config(), known_models=["resnet20", "resnet32"])
     assert named in str(error.value)
     assert len(str(error.value).splitlines()) == 1
+
+
+def test_corners_are_the_trials_that_ask_the_most(tmp_path):
+    path = write(
+        tmp_path,
+        "num_models: {int: [2, 4]}\n"
+        "cpus_per_worker: {choice: [0.5, 1]}\n"
+        "A: {uniform: [0, 1]}\n"
+        "grid: [{c: 1, fuse: 'off'}, {c: 5, fuse: 'off'}, {c: 5, fuse: 'on'}]\n",
+    )
+    space = load_search_space(path, Config())
+    corners = space.corners(("num_models", "cpus_per_worker", "fuse"))
+    # a range gives its upper end, a choice each value; joint-grid points keep their pairs
+    assert corners == [
+        {"num_models": 4, "cpus_per_worker": 0.5, "fuse": "off"},
+        {"num_models": 4, "cpus_per_worker": 0.5, "fuse": "on"},
+        {"num_models": 4, "cpus_per_worker": 1, "fuse": "off"},
+        {"num_models": 4, "cpus_per_worker": 1, "fuse": "on"},
+    ]
+    assert space.corners(("lr",)) == [{}]  # not searched: the fixed value, one trial
 
 
 def test_command_exits_2_with_one_line_before_ray(tmp_path, capsys):

@@ -3,21 +3,28 @@ nested under one MLflow parent run, and an interrupted search resumes where it s
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import ray
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import smoke_args
+from conftest import empty_store, smoke_args
 from graftune.commands import tune as tune_command
-from graftune.tracking.tracker import PARENT_TAG, Tracker
-
-pytestmark = pytest.mark.usefixtures("ray_local")
+from graftune.commands.search_report import report_best
+from graftune.commands.search_setup import absolute_paths, prepare
+from graftune.commands.search_state import STATE_FILE, SearchState
+from graftune.commands.searchspace import load_search_space
+from graftune.commands.worker_sizing import fit_workers
+from graftune.config import Config, ConfigError, flatten, validate, with_overrides
+from graftune.tracking.tracker import BEST_MODEL_ID_TAG, PARENT_TAG, Tracker
 
 
 def search_args(tmp_path, space: str, *extra: str) -> list[str]:
@@ -54,6 +61,7 @@ def search_runs(tmp_path):
     return client, parent, children
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_search_runs_each_trial_as_a_nested_population(tmp_path, capsys):
     space = "num_models: {choice: [2, 3]}\nA: {uniform: [0.2, 0.6]}\n"
     assert tune_command.main(search_args(tmp_path, space, "--num-samples", "3")) == 0
@@ -89,6 +97,7 @@ def test_search_runs_each_trial_as_a_nested_population(tmp_path, capsys):
     assert "best configuration:" in out.out
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_interrupted_search_resumes_its_trial_and_parent_run(tmp_path):
     argv = search_args(
         tmp_path, "A: {uniform: [0.2, 0.6]}\n", "--num-samples", "1", "--epochs", "6"
@@ -129,6 +138,7 @@ def test_interrupted_search_resumes_its_trial_and_parent_run(tmp_path):
     assert final["round"] == 6 and final["bundles"] == 3
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_a_trial_the_scheduler_stops_has_its_run_closed(tmp_path, capsys):
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = {"round": 1, "num_rounds": 3, "run_id": tracker.run_id}
@@ -138,3 +148,188 @@ def test_a_trial_the_scheduler_stops_has_its_run_closed(tmp_path, capsys):
     assert "trial t1 stopped early: A=0.25 | round 1/3: mean 50.00%" in capsys.readouterr().err
     run = tracker.client.get_run(tracker.run_id)
     assert run.info.status == "KILLED" and run.data.tags["graftune.stopped_early"] == "1"
+
+
+# --- bad input: one line, exit code 2, before Ray starts (no Ray needed for these) ---
+
+
+def refused(argv: list[str], capsys) -> str:
+    """The one line a command refuses ``argv`` with (exit code 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        tune_command.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_output_that_is_a_folder_is_refused_before_the_search(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    argv = search_args(tmp_path, "A: {uniform: [0.2, 0.6]}\n", "--output", str(tmp_path / "out"))
+    assert "--output" in refused(argv, capsys)
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_storage_path_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    argv = search_args(tmp_path, "A: {uniform: [0.2, 0.6]}\n")
+    argv[argv.index("--storage-path") + 1] = str(tmp_path / "file")
+    err = refused(argv, capsys)
+    assert "--storage-path" in err and "is a file, not a folder" in err
+
+
+@pytest.mark.usefixtures("no_ray")
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_outside_optunas_range_is_refused(tmp_path, capsys, seed):
+    """The search's seed is the train seed: it also seeds Optuna, whose seeds are 32-bit."""
+    argv = search_args(tmp_path, "A: {uniform: [0.2, 0.6]}\n", "--seed", seed)
+    assert "--seed must lie in [0, " in refused(argv, capsys)
+
+
+def test_a_trial_too_large_for_a_local_ray_is_refused(tmp_path, monkeypatch):
+    """Every value the space can give a trial's resources must fit, not only the flags':
+    a trial that cannot fit would wait for its placement group forever."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    config = validate(with_overrides(Config(), {"model": "tiny_cnn", "num_models": 2}))
+    space_file = tmp_path / "space.yaml"
+
+    def fit(text: str) -> Config:
+        space_file.write_text(text)
+        space = load_search_space(str(space_file), config)
+        return fit_workers(config, space, {"CPU": 2.0}, "local Ray")
+
+    with pytest.raises(ConfigError, match=r"cpus_per_worker=1000\)? needs .*'CPU': 2001"):
+        fit("cpus_per_worker: {choice: [0.25, 1000]}\n")
+    with pytest.raises(ConfigError, match="a trial with 2 workers .* needs"):
+        fit("cpus_per_worker: {uniform: [0.1, 600]}\n")  # a range: its upper end
+    with pytest.raises(ConfigError, match="a trial with 3 workers .*cpus_per_worker=0.4"):
+        fit("num_models: {choice: [2, 3]}\ncpus_per_worker: {choice: [0.1, 0.4]}\n")
+    # pairs that vary together are checked as pairs: each of these trials fits
+    fitted = fit(
+        "grid: [{num_models: 3, cpus_per_worker: 0.3}, {num_models: 2, cpus_per_worker: 0.5}]\n"
+    )
+    assert fitted.population.cpus_per_worker == 0.33  # the fixed share, for the largest trial
+
+
+# --- the end of a search: best.json and the report before the registry ---
+
+
+def test_best_json_is_written_before_the_registry_is_asked(tmp_path, monkeypatch):
+    store = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_store(), store)
+    tracker = Tracker(f"sqlite:///{store}")
+    trial = Tracker(tracker.tracking_uri)
+    trial.set_tag(BEST_MODEL_ID_TAG, "m-123")
+    metrics = {"mean_test_acc": 0.5, "best_test_acc": 0.6, "ensemble_test_acc": 0.7}
+    best = SimpleNamespace(
+        config={"A": 0.3},
+        metrics={**metrics, "round": 2, "num_rounds": 2, "trial_id": "t1", "run_id": trial.run_id},
+    )
+    results = type("Results", (list,), {"num_errors": 0, "get_best_result": lambda s, **k: best})(
+        [best]
+    )
+    state = SearchState("s", str(tmp_path), searcher="grid search", metric="mean_test_acc")
+    state.output, state.parent_run_id, state.trials = str(tmp_path / "best.json"), tracker.run_id, 1
+    state.settings = {"tracking/register_model": "mymodel"}
+
+    def registry_down(self, model_id, name):
+        raise MlflowException("the registry is down")
+
+    monkeypatch.setattr(Tracker, "register_model", registry_down)
+    with pytest.raises(MlflowException, match="registry is down"):
+        report_best(results, state, tracker)
+    written = json.loads((tmp_path / "best.json").read_text())
+    assert written["config"] == {"A": 0.3} and written["registered"] == ""
+    parent = tracker.client.get_run(tracker.run_id)
+    assert parent.data.params["best/A"] == "0.3"
+    assert "Best trial: `t1`" in parent.data.tags["mlflow.note.content"]
+
+    monkeypatch.setattr(Tracker, "register_model", lambda self, model_id, name: 7)
+    (tmp_path / "best.json").unlink()
+    summary = report_best(results, state, tracker)
+    assert summary["registered"] == "mymodel version 7"
+    assert json.loads((tmp_path / "best.json").read_text())["registered"] == "mymodel version 7"
+
+
+# --- --resume: a damaged state file, and the flags typed with it ---
+
+
+def stored_search(tmp_path) -> tuple[list[str], Path]:
+    """A search Tune could restore (its tuner.pkl) with the state graftune.tune stores,
+    made without running it; the command line that resumes it."""
+    argv = search_args(tmp_path, "A: {uniform: [0.2, 0.6]}\n")
+    path = tmp_path / "tune" / "space"
+    config, _ = prepare(tune_command.build_parser().parse_args(argv))
+    path.mkdir(parents=True)
+    (path / "tuner.pkl").write_bytes(b"")
+    settings = flatten(absolute_paths(config, path))
+    state = SearchState("space", str(path), "Optuna TPE", "mean_test_acc", 10, settings=settings)
+    state.output, state.parent_run_id, state.trials = str(path / "best.json"), "abc", 10
+    state.save()
+    return [*argv, "--resume"], path
+
+
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        (b'{"name": "space", "pa', "is not valid JSON"),
+        (b"[1, 2]", "holds a JSON list, not an object"),
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+    ],
+)
+def test_damaged_state_file_is_refused(tmp_path, content, named):
+    (tmp_path / STATE_FILE).write_bytes(content)
+    with pytest.raises(ConfigError, match=named) as error:
+        SearchState.load(tmp_path)
+    assert STATE_FILE in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"settings": "nope"}, "'settings': 'nope', which is not a mapping"),
+        ({"name": None}, "'name': None, which is not text"),
+        ({"trials": "10"}, "'trials': '10', which is not a whole number"),
+    ],
+)
+def test_state_file_with_a_wrong_field_is_refused(tmp_path, change, named):
+    stored = SearchState("s", str(tmp_path), settings={"train/epochs": 2}).as_json()
+    (tmp_path / STATE_FILE).write_text(json.dumps({**stored, **change}))
+    with pytest.raises(ConfigError, match=named):
+        SearchState.load(tmp_path)
+    del stored["name"]
+    (tmp_path / STATE_FILE).write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="has no 'name'"):
+        SearchState.load(tmp_path)
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_resume_with_a_damaged_state_file_is_one_line(tmp_path, capsys):
+    argv, path = stored_search(tmp_path)
+    state = json.loads((path / STATE_FILE).read_text())
+    (path / STATE_FILE).write_text(json.dumps({**state, "settings": {"train/epochs": "x"}}))
+    err = refused(argv, capsys)
+    assert str(path / STATE_FILE) in err and "--epochs must be an integer" in err
+    (path / STATE_FILE).write_text('{"name": ')
+    assert "is not valid JSON" in refused(argv, capsys)
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_resume_checks_the_flags_it_ignores(tmp_path, capsys):
+    argv, _ = stored_search(tmp_path)
+    assert "--epochs must be >= 1; got 0" in refused([*argv, "--epochs", "0"], capsys)
+    assert "--num-samples" in refused([*argv, "--num-samples", "0"], capsys)
+
+
+def test_resume_warns_of_the_flags_it_ignores(tmp_path, capsys):
+    argv, path = stored_search(tmp_path)
+    parser = tune_command.build_parser()
+    config, state = prepare(parser.parse_args(argv))  # the same command again: no warning
+    assert capsys.readouterr().err == ""
+    assert config.train.epochs == 2 and state.parent_run_id == "abc"
+
+    config, _ = prepare(parser.parse_args([*argv, "--epochs", "5", "--lr", "0.2"]))
+    err = capsys.readouterr().err.strip()
+    assert config.train.epochs == 2 and config.train.lr == 0.05  # the stored settings win
+    assert len(err.splitlines()) == 1 and "ignoring --epochs, --lr" in err, err

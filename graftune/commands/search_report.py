@@ -33,7 +33,9 @@ def _short(value: Any) -> str:
 
 
 def report_best(results, state: SearchState, tracker: Tracker) -> dict[str, Any] | None:
-    """Print the best trial, write it as JSON and log it on the parent run."""
+    """Print the best trial, write it as JSON and log it on the parent run; then, with
+    --register-model, register its best network. The report comes first: a registry that
+    fails cannot take best.json and the parent run's record with it."""
     metric = state.metric
     try:
         best = results.get_best_result(metric=metric, mode="max", scope="last")
@@ -53,23 +55,31 @@ def report_best(results, state: SearchState, tracker: Tracker) -> dict[str, Any]
         "trials": len(results),
         "errors": results.num_errors,
         "experiment_path": state.path,
+        "registered": "",
     }
-    summary["registered"] = register_best(tracker, summary, state.settings)
-    output = Path(state.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2) + "\n")
+    output = write_summary(summary, state, tracker)
     tracker.log_params({f"best/{k}": v for k, v in chosen.items()})
     tracker.log_metrics({f"best/{k}": v for k, v in summary["metrics"].items()}, step=0)
     tracker.set_tag("graftune.best_run_id", str(summary["trial_run_id"]))
-    tracker.log_text(output.read_text(), "best.json")
-    tracker.set_description(search_description(state.as_json(), summary))
     print(f"best of {len(results)} trials by {metric}: {describe(best.config, best.metrics)}")
     print(f"best configuration: {output}")
-    if summary["registered"]:
-        print(f"registered the best trial's best network as {summary['registered']}")
     print(f"MLflow search run: {tracker.run_id}  best trial's run: {summary['trial_run_id']}")
     print(f"browse it:  {browse_command(tracker.tracking_uri)}")
+    summary["registered"] = register_best(tracker, summary, state.settings)
+    if summary["registered"]:
+        write_summary(summary, state, tracker)
+        print(f"registered the best trial's best network as {summary['registered']}")
     return summary
+
+
+def write_summary(summary: dict[str, Any], state: SearchState, tracker: Tracker) -> Path:
+    """best.json, on disk and on the parent run, and the parent run's description."""
+    output = Path(state.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(summary, indent=2) + "\n")
+    tracker.log_text(output.read_text(), "best.json")
+    tracker.set_description(search_description(state.as_json(), summary))
+    return output
 
 
 def register_best(tracker: Tracker, summary: dict[str, Any], settings: dict[str, Any]) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from graftune.commands.searchspace import SearchSpace
+from graftune.config import ConfigError
 
 STATE_FILE = "graftune-search.json"  # in the Tune experiment dir: what --resume needs
 
@@ -53,6 +55,47 @@ class SearchState:
 
     @classmethod
     def load(cls, path: Path) -> SearchState:
-        stored = json.loads((path / STATE_FILE).read_text())
-        names = {f.name for f in dataclasses.fields(cls)} - {"space"}
-        return cls(**{k: v for k, v in stored.items() if k in names})
+        """The search stored in folder ``path``.
+
+        Raises:
+            ConfigError: one line naming the file, when it cannot be read or is not what
+                :meth:`save` writes (a truncated or hand-edited file).
+        """
+        file, types = path / STATE_FILE, _stored_types(cls)
+        try:
+            stored = json.loads(file.read_bytes().decode("utf-8"))
+        except OSError as error:
+            problem = f"cannot be read ({error.strerror})"
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text"
+        except json.JSONDecodeError as error:
+            problem = f"is not valid JSON (line {error.lineno}: {error.msg})"
+        else:
+            problem = _stored_problem(stored, types)
+        if problem:
+            raise ConfigError(
+                f"--resume: {file} {problem}; it must be the JSON object graftune.tune "
+                f"wrote there (restore it, or start a new search under another --name)"
+            )
+        return cls(**{k: v for k, v in stored.items() if k in types})  # others: newer keys
+
+
+def _stored_types(cls: type[SearchState]) -> dict[str, type]:
+    """Each stored field and its type (``dict`` for ``dict[str, Any]``)."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != "space"]
+    return {name: typing.get_origin(hints[name]) or hints[name] for name in fields}
+
+
+def _stored_problem(stored: Any, types: dict[str, type]) -> str:
+    """What is wrong with a loaded state file ('' when nothing is)."""
+    if not isinstance(stored, dict):
+        return f"holds a JSON {type(stored).__name__}, not an object"
+    for name, kind in types.items():
+        if name not in stored:
+            return f"has no '{name}'"
+        value = stored[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            wanted = {str: "text", int: "a whole number", dict: "a mapping"}.get(kind, kind)
+            return f"has '{name}': {repr(value)[:60]}, which is not {wanted}"
+    return ""

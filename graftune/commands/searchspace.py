@@ -13,6 +13,7 @@ that vary together rather than as a full product. ``searchspaces/README.md`` doc
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from ray import tune
 from graftune.config import (
     Config,
     ConfigError,
+    flag_name,
     read_yaml,
     setting_sections,
     validate,
@@ -31,7 +33,16 @@ from graftune.config import (
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
 RANGES = ("uniform", "loguniform", "int")  # [lo, hi]; the others list their values
 JOINT_GRID = "grid"  # the top-level key of a grid over combinations of settings
-NOT_SEARCHABLE = {"resume": "each trial sets it itself", "tracking_uri": "the search sets it"}
+# Settings a trial cannot take from the space: the search fixes them for every trial.
+NOT_SEARCHABLE = {
+    "resume": "each trial sets it itself",
+    "run_name": "each trial's run is named after the trial",
+    "tracking_uri": "the search sets it",
+    "experiment": "trials are nested runs in the search's experiment; use --experiment",
+    "checkpoint_dir": "every trial's population checkpoints go in one folder; use --checkpoint-dir",
+    "register_model": "the search registers its best trial's network once; use --register-model",
+}
+DATA_SECTION = "data"  # loaded once at start-up and shared by every trial
 
 
 class SearchSpaceError(ConfigError):
@@ -83,6 +94,21 @@ class SearchSpace:
             elif key == setting:
                 values += args
         return max(values, default=default)
+
+    def corners(self, settings: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Every combination of the values the space can give ``settings`` that asks the most
+        of a trial: each choice and grid value, a range's upper end, each joint-grid point.
+        Settings the space does not search are left out (they keep their fixed value)."""
+        axes = []
+        for key, (kind, args) in self.entries.items():
+            if key == JOINT_GRID:
+                points = [{k: v for k, v in m.items() if k in settings} for m in args]
+            elif key in settings:
+                points = [{key: v} for v in ([args[1]] if kind in RANGES else args)]
+            else:
+                continue
+            axes.append([p for i, p in enumerate(points) if p not in points[:i]])
+        return [{k: v for p in combo for k, v in p.items()} for combo in itertools.product(*axes)]
 
     def describe(self) -> dict[str, str]:
         """Each entry as short text, for the MLflow params of the search."""
@@ -219,6 +245,11 @@ def _check_setting(key: str) -> None:
         )
     if key in NOT_SEARCHABLE:
         raise SearchSpaceError(f"cannot be searched: {NOT_SEARCHABLE[key]}")
+    if setting_sections()[key] == DATA_SECTION:
+        raise SearchSpaceError(
+            "cannot be searched: the data is loaded once for all trials; "
+            f"use the flag {flag_name(key)} instead"
+        )
 
 
 def _is_number(value: Any) -> bool:

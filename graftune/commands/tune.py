@@ -85,7 +85,8 @@ def build_parser() -> OneLineParser:
         "--resume",
         dest="resume_search",
         action="store_true",
-        help="continue the stopped search --name (its stored settings win)",
+        help="continue the stopped search --name (its stored settings win: setting flags "
+        "typed with it are checked, then ignored with a warning)",
     )
     add_setting_flags(parser, skip=("resume",))
     return parser

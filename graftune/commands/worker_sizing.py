@@ -9,6 +9,19 @@ from graftune.commands.searchspace import SearchSpace
 from graftune.commands.trial import DRIVER_BUNDLE, trial_resources
 from graftune.config import Config, ConfigError, with_overrides
 
+# What a trial's placement group is sized from (graftune.population.resources.worker_layout
+# reads these): the space's largest values of them are the trials that must fit.
+SIZING = (
+    "num_models",
+    "cpus_per_worker",
+    "gpus_per_worker",
+    "fuse",
+    "model",
+    "asynchronous",
+    "compile",
+    "bn_recalibrate_batches",
+)
+
 
 def fit_workers(config: Config, space: SearchSpace, cluster: dict, where: str) -> Config:
     """Fix each worker's CPU share for the whole search. Unless --cpus-per-worker is given,
@@ -16,7 +29,9 @@ def fit_workers(config: Config, space: SearchSpace, cluster: dict, where: str) -
     beside its driver bundle on this cluster.
 
     Raises:
-        ConfigError: a local Ray (which cannot grow) is too small for the largest trial.
+        ConfigError: a local Ray (which cannot grow) is too small for a trial the space can
+            produce (every choice and grid value, a range's upper end): such a trial would
+            wait for resources forever.
     """
     largest = space.largest("num_models", config.population.num_models)
     cpus = config.population.cpus_per_worker
@@ -24,12 +39,18 @@ def fit_workers(config: Config, space: SearchSpace, cluster: dict, where: str) -
         spare = cluster.get("CPU", 1) - DRIVER_BUNDLE["CPU"]
         cpus = max(0.01, min(1.0, math.floor(spare / largest * 100) / 100))
     config = with_overrides(config, {"cpus_per_worker": cpus})
-    needs = trial_resources({"num_models": largest}, config, cluster).required_resources
-    short = [k for k, v in needs.items() if v > cluster.get(k, 0) + 1e-9]
-    if short and not os.environ.get("RAY_ADDRESS"):  # a local Ray cannot grow: fail now
-        have = {k: cluster.get(k, 0) for k in needs}
-        raise ConfigError(
-            f"a trial with {largest} workers needs {needs} but {where} has {have}; "
-            f"lower num_models in the search space or --cpus-per-worker"
-        )
+    if os.environ.get("RAY_ADDRESS"):  # a cluster may grow; a local Ray cannot: fail now
+        return config
+    for point in space.corners(SIZING):
+        needs = trial_resources(point, config, cluster).required_resources
+        short = [k for k, v in needs.items() if v > cluster.get(k, 0) + 1e-9]
+        if short:
+            workers = point.get("num_models", config.population.num_models)
+            searched = ", ".join(f"{k}={v}" for k, v in point.items() if k != "num_models")
+            have = {k: cluster.get(k, 0) for k in needs}
+            raise ConfigError(
+                f"a trial with {workers} workers{f' ({searched})' if searched else ''} needs "
+                f"{needs} but {where} has {have}; lower num_models or cpus_per_worker in the "
+                f"search space, or --cpus-per-worker"
+            )
     return config
