@@ -83,12 +83,12 @@ def test_fused_trains_the_same_weights_as_separate_trainers(model, k):
     with torch.no_grad():
         fused.buffers[key][1].fill_(math.nan)
         separate.trainers[1].model.state_dict()[key].fill_(math.nan)
-    finite_f, finite_s = fused.train_interval(), separate.train_interval()
+    finite_f, finite_s = fused.train_interval(1), separate.train_interval(1)
     assert [m["finite"] for m in finite_f] == [m["finite"] for m in finite_s]
     assert not finite_f[1]["finite"] and finite_f[0]["finite"]
     assert fused.load_weights(1, fused.snapshots()[0])
     separate.load_weights(1, separate.snapshots()[0])
-    fused.train_interval(), separate.train_interval()
+    fused.train_interval(1), separate.train_interval(1)
     for a, b in zip(models_of(fused), models_of(separate)):
         assert distance(a, b) < AFTER_TRAINING[model]
 
@@ -259,7 +259,9 @@ def test_a_model_that_cannot_fuse_runs_one_network_per_worker_and_says_so(tmp_pa
     from conftest import smoke_config
     from graftune.tracking.experiment import FUSE_TAG, run_experiment
 
-    config = smoke_config(tmp_path, model="mobilenet_v2_imagenet", epochs=1, fuse="on")
+    config = smoke_config(
+        tmp_path, model="mobilenet_v2_imagenet", epochs=1, fuse="on", synthetic_size=64
+    )
     with caplog.at_level("WARNING", logger="graftune"):
         result = run_experiment(config, load_dataset(config.data))
     assert [info["networks"] for info in result.worker_info] == [[0], [1]]
