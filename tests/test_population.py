@@ -172,8 +172,10 @@ def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
     from graftune.commands.trial import trial_resources
     from graftune.population.resources import worker_layout
 
+    base = with_overrides(Config(), {"model": "tiny_cnn"})  # fusable, and quick to check
+
     def layout(cluster, **settings):
-        config = with_overrides(Config(), {"num_models": 4, **settings})
+        config = with_overrides(base, {"num_models": 4, **settings})
         layout = worker_layout(config, cluster)
         return layout.groups, layout.resources, layout.fused
 
@@ -195,7 +197,7 @@ def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
     assert cold == ([[0], [1], [2], [3]], {"CPU": 3.0, "GPU": 1.0}, False)
     assert layout(one_gpu, fuse="off")[2] is False
     # a Tune trial asks for its driver and its workers, not its networks
-    bundles = trial_resources({}, with_overrides(Config(), {"num_models": 4}), one_gpu)
+    bundles = trial_resources({}, with_overrides(base, {"num_models": 4}), one_gpu)
     assert bundles.bundles == [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
     # where the networks would fuse but cannot: one per worker, and the note says why
     separate = ([[0], [1], [2], [3]], {"CPU": 1.0, "GPU": 0.25}, False)
@@ -204,10 +206,10 @@ def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
         ({"model": "mobilenet_v2_imagenet"}, "mobilenet_v2_imagenet cannot be fused"),
     ]:
         assert layout(one_gpu, **settings) == separate
-        config = with_overrides(Config(), {"num_models": 4, **settings})
+        config = with_overrides(base, {"num_models": 4, **settings})
         assert why in worker_layout(config, one_gpu).note
         assert len(trial_resources({}, config, one_gpu).bundles) == 1 + 4  # sized to match
-    assert worker_layout(with_overrides(Config(), {"num_models": 4}), one_gpu).note == ""
+    assert worker_layout(with_overrides(base, {"num_models": 4}), one_gpu).note == ""
 
 
 def test_resume_keeps_the_settings_of_the_last_resume(tmp_path):
