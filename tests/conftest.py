@@ -93,6 +93,16 @@ def empty_store() -> Path:
     return folder / "mlflow.db"
 
 
+def refused(capsys, main, argv: list[str]) -> str:
+    """The one line a command's ``main`` refuses ``argv`` with, asserting exit code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 def smoke_args(tmp_path, *extra: str, fresh_store: bool = False) -> list[str]:
     """Command-line settings of a population that trains in seconds on a CPU.
 

@@ -3,19 +3,14 @@
 import pytest
 import torch
 
-from conftest import build, good_members, png_claiming, smoke_args
+from conftest import build, good_members, png_claiming, refused, smoke_args
 from graftune.commands import run
 
 pytestmark = pytest.mark.usefixtures("no_ray")  # conftest: bad input must not start Ray
 
 
 def bad_input(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
+    return refused(capsys, run.main, argv)
 
 
 @pytest.mark.parametrize(

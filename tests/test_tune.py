@@ -16,7 +16,7 @@ import ray
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import empty_store, smoke_args
+from conftest import empty_store, refused, smoke_args
 from graftune.commands import tune as tune_command
 from graftune.commands.search_report import report_best
 from graftune.commands.search_setup import absolute_paths, prepare
@@ -153,21 +153,16 @@ def test_a_trial_the_scheduler_stops_has_its_run_closed(tmp_path, capsys):
 # --- bad input: one line, exit code 2, before Ray starts (no Ray needed for these) ---
 
 
-def refused(argv: list[str], capsys) -> str:
-    """The one line a command refuses ``argv`` with (exit code 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        tune_command.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
+def refused_search(argv: list[str], capsys) -> str:
+    """The one line graftune.tune refuses ``argv`` with (exit code 2)."""
+    return refused(capsys, tune_command.main, argv)
 
 
 @pytest.mark.usefixtures("no_ray")
 def test_output_that_is_a_folder_is_refused_before_the_search(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     argv = search_args(tmp_path, "A: {uniform: [0.2, 0.6]}\n", "--output", str(tmp_path / "out"))
-    assert "--output" in refused(argv, capsys)
+    assert "--output" in refused_search(argv, capsys)
 
 
 @pytest.mark.usefixtures("no_ray")
@@ -175,7 +170,7 @@ def test_storage_path_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     argv = search_args(tmp_path, "A: {uniform: [0.2, 0.6]}\n")
     argv[argv.index("--storage-path") + 1] = str(tmp_path / "file")
-    err = refused(argv, capsys)
+    err = refused_search(argv, capsys)
     assert "--storage-path" in err and "is a file, not a folder" in err
 
 
@@ -184,7 +179,7 @@ def test_storage_path_that_is_a_file_is_refused(tmp_path, capsys):
 def test_seed_outside_optunas_range_is_refused(tmp_path, capsys, seed):
     """The search's seed is the train seed: it also seeds Optuna, whose seeds are 32-bit."""
     argv = search_args(tmp_path, "A: {uniform: [0.2, 0.6]}\n", "--seed", seed)
-    assert "--seed must lie in [0, " in refused(argv, capsys)
+    assert "--seed must lie in [0, " in refused_search(argv, capsys)
 
 
 def test_a_trial_too_large_for_a_local_ray_is_refused(tmp_path, monkeypatch):
@@ -309,17 +304,17 @@ def test_resume_with_a_damaged_state_file_is_one_line(tmp_path, capsys):
     argv, path = stored_search(tmp_path)
     state = json.loads((path / STATE_FILE).read_text())
     (path / STATE_FILE).write_text(json.dumps({**state, "settings": {"train/epochs": "x"}}))
-    err = refused(argv, capsys)
+    err = refused_search(argv, capsys)
     assert str(path / STATE_FILE) in err and "--epochs must be an integer" in err
     (path / STATE_FILE).write_text('{"name": ')
-    assert "is not valid JSON" in refused(argv, capsys)
+    assert "is not valid JSON" in refused_search(argv, capsys)
 
 
 @pytest.mark.usefixtures("no_ray")
 def test_resume_checks_the_flags_it_ignores(tmp_path, capsys):
     argv, _ = stored_search(tmp_path)
-    assert "--epochs must be >= 1; got 0" in refused([*argv, "--epochs", "0"], capsys)
-    assert "--num-samples" in refused([*argv, "--num-samples", "0"], capsys)
+    assert "--epochs must be >= 1; got 0" in refused_search([*argv, "--epochs", "0"], capsys)
+    assert "--num-samples" in refused_search([*argv, "--num-samples", "0"], capsys)
 
 
 def test_resume_warns_of_the_flags_it_ignores(tmp_path, capsys):
