@@ -77,3 +77,13 @@ def init_ray(num_cpus: int | None = None, verbose: bool = False) -> str:
         log_to_driver=True,
     )
     return "local Ray"
+
+
+def beyond_local_ray(needs: dict[str, float], cluster: dict[str, float]) -> dict[str, float]:
+    """What a local Ray (which cannot grow) has of ``needs`` when it has too little, else
+    {}; always {} on a cluster (RAY_ADDRESS), which may still add nodes."""
+    if os.environ.get("RAY_ADDRESS"):
+        return {}
+    if all(v <= cluster.get(k, 0) + 1e-9 for k, v in needs.items()):
+        return {}
+    return {k: cluster.get(k, 0) for k in needs}

@@ -7,7 +7,6 @@ python -m graftune.run --resume RUN_ID                     # continue a stopped 
 
 from __future__ import annotations
 
-import os
 import sys
 
 from rich.console import Console
@@ -15,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from graftune.commands.cli import OneLineParser, add_setting_flags, config_from_args
-from graftune.commands.libraries import init_ray
+from graftune.commands.libraries import beyond_local_ray, init_ray
 from graftune.commands.startup import Startup, bad_input_is_one_line, start
 from graftune.config import Config, ConfigError, from_flat, validate
 from graftune.data import ImageSet
@@ -126,13 +125,10 @@ def fits_local_ray(config: Config) -> None:
 
     from graftune.population.resources import largest_node_cpus, worker_layout
 
-    if os.environ.get("RAY_ADDRESS"):
-        return
     cluster = ray.cluster_resources()
     layout = worker_layout(config, cluster, largest_node_cpus())
     needs = {k: v * len(layout.groups) for k, v in layout.resources.items()}
-    if any(v > cluster.get(k, 0) + 1e-9 for k, v in needs.items()):
-        have = {k: cluster.get(k, 0) for k in needs}
+    if have := beyond_local_ray(needs, cluster):
         raise ConfigError(
             f"{len(layout.groups)} workers of {layout.resources} need {needs}, but this "
             f"machine has {have}; lower --cpus-per-worker, --gpus-per-worker or --num-models"

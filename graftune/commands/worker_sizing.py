@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
 
+from graftune.commands.libraries import beyond_local_ray
 from graftune.commands.searchspace import SearchSpace
 from graftune.commands.trial import DRIVER_BUNDLE, trial_resources
 from graftune.config import Config, ConfigError, with_overrides
@@ -39,15 +39,11 @@ def fit_workers(config: Config, space: SearchSpace, cluster: dict, where: str) -
         spare = cluster.get("CPU", 1) - DRIVER_BUNDLE["CPU"]
         cpus = max(0.01, min(1.0, math.floor(spare / largest * 100) / 100))
     config = with_overrides(config, {"cpus_per_worker": cpus})
-    if os.environ.get("RAY_ADDRESS"):  # a cluster may grow; a local Ray cannot: fail now
-        return config
     for point in space.corners(SIZING):
         needs = trial_resources(point, config, cluster).required_resources
-        short = [k for k, v in needs.items() if v > cluster.get(k, 0) + 1e-9]
-        if short:
+        if have := beyond_local_ray(needs, cluster):  # it would wait for ever
             workers = point.get("num_models", config.population.num_models)
             searched = ", ".join(f"{k}={v}" for k, v in point.items() if k != "num_models")
-            have = {k: cluster.get(k, 0) for k in needs}
             raise ConfigError(
                 f"a trial with {workers} workers{f' ({searched})' if searched else ''} needs "
                 f"{needs} but {where} has {have}; lower num_models or cpus_per_worker in the "
