@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from graftune.commands.searchspace import SearchSpace
-from graftune.config import ConfigError
+from graftune.config import ConfigError, read_text
 
 STATE_FILE = "graftune-search.json"  # in the Tune experiment dir: what --resume needs
 
@@ -62,12 +62,9 @@ class SearchState:
                 :meth:`save` writes (a truncated or hand-edited file).
         """
         file, types = path / STATE_FILE, _stored_types(cls)
+        text = read_text(file, "--resume:")
         try:
-            stored = json.loads(file.read_bytes().decode("utf-8"))
-        except OSError as error:
-            problem = f"cannot be read ({error.strerror})"
-        except UnicodeDecodeError:
-            problem = "is not UTF-8 text"
+            stored = json.loads(text)
         except json.JSONDecodeError as error:
             problem = f"is not valid JSON (line {error.lineno}: {error.msg})"
         else:

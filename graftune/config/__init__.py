@@ -7,7 +7,7 @@ is its list of choices and its ``help`` metadata the text of ``--help``; comment
 field give the reasons for a default that do not belong in ``--help``.
 """
 
-from graftune.config.overrides import flatten, from_flat, read_yaml, with_overrides
+from graftune.config.overrides import flatten, from_flat, read_text, read_yaml, with_overrides
 from graftune.config.rules import RULES, one_network_per_worker, validate
 from graftune.config.settings import (
     SECTIONS,
@@ -40,6 +40,7 @@ __all__ = [
     "flatten",
     "one_network_per_worker",
     "from_flat",
+    "read_text",
     "read_yaml",
     "setting",
     "setting_choices",

@@ -59,7 +59,7 @@ def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 def read_yaml(path: str, what: str = "--config") -> dict[str, Any]:
     """A YAML mapping of settings (flat or by section) from a file; a :class:`ConfigError`
     naming the file when it is not one."""
-    text = _read_text(path, what)
+    text = read_text(path, what)
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -76,7 +76,9 @@ def read_yaml(path: str, what: str = "--config") -> dict[str, Any]:
     return loaded
 
 
-def _read_text(path: str, what: str) -> str:
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A settings file's text (YAML, or a search's JSON state); a :class:`ConfigError`
+    naming the file (``what``: the flag that led to it) when it cannot be read as text."""
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):  # reading a FIFO or a device would wait, or never end
