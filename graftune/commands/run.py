@@ -40,13 +40,13 @@ def configure(startup: Startup) -> Config:
     now; the stopped run (read once) is kept in ``startup.extra``."""
     from graftune.tracking.experiment import stopped_run
 
-    args, base = startup.args, None
+    args = startup.args
     typed = config_from_args(args)  # --config and the flags: --resume may come from either
     if typed.population.resume:  # the checkpoint's settings, then the file and the flags
         store = startup.store(typed.tracking.tracking_uri)
         startup.extra = stopped_run(store, typed.population.resume)
-        base = from_flat(startup.extra.payload["config"])
-    config = validate(config_from_args(args, base), known_models=list_models())
+        typed = config_from_args(args, from_flat(startup.extra.payload["config"]))
+    config = validate(typed, known_models=list_models())
     if startup.extra is not None:
         check_compatible(startup.extra.payload, config.model.model, config.population.num_models)
     return config
