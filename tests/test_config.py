@@ -236,6 +236,7 @@ def test_flatten_round_trips_every_setting():
         ({"seed": 10**23}, "--seed must lie in [0, 4294967294] with --num-models 2"),
         ({"seed": -1}, "--seed must lie in [0, 4294967294] with --num-models 2"),
         ({"seed": 2**32 - 3, "num_models": 4}, "--seed must lie in [0, 4294967292]"),
+        ({"num_models": 5 * 10**9}, "--num-models must lie in [1, 1024]"),  # not a seed rule
         ({"synthetic_size": 10**12}, "--synthetic-size must lie in [8, 100000]"),
         ({"synthetic_classes": 10**11}, "--synthetic-classes must lie in [2, 10000]"),
         ({"register_model": "nets/best"}, "--register-model must not be blank, contain '/'"),
@@ -258,6 +259,7 @@ def test_rules_that_ray_or_mlflow_would_break_late(overrides, message):
     [
         {"seed": 2**32 - 2},  # networks 0 and 1 use the last two 32-bit seeds
         {"seed": 2**32 - 4, "num_models": 4},
+        {"num_models": 1024},
         {"seed": 2**32 - 1, "num_models": 1, "source": "none"},
         {"synthetic_size": 100_000, "synthetic_classes": 10_000},
         {"register_model": "resnet20 best.v1"},

@@ -40,6 +40,7 @@ def mlflow_model_name(name: str) -> bool:
 
 UNIT_INTERVAL = (lambda v: 0.0 <= v <= 1.0), "must lie in [0, 1]"
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
+MAX_NUM_MODELS = 1024  # a worker (a Ray actor) per network, or per GPU
 # Generating a synthetic image peaks near 36 kB (float noise), so 100,000 images (twice
 # CIFAR-10's train set) need about 4 GB; 10,000 class templates about 1 GB with their test set.
 MAX_SYNTHETIC_SIZE = 100_000
@@ -72,7 +73,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "synthetic_size": between(8, MAX_SYNTHETIC_SIZE, "(synthetic data is for tests)"),
     "synthetic_classes": between(2, MAX_SYNTHETIC_CLASSES, "(synthetic data is for tests)"),
     "max_image_bytes": at_least(1),
-    "num_models": at_least(1),
+    "num_models": between(1, MAX_NUM_MODELS),
     "checkpoint_every": at_least(1),
     "cpus_per_worker": at_least(0, "(0 = share evenly)"),
     "max_failures": at_least(0),
