@@ -18,8 +18,9 @@ def test_null_tracker_runs_the_same_rounds_as_a_tracked_run(tmp_path):
         tracking_uri=f"sqlite:///{untracked_dir / 'mlflow.db'}",
         checkpoint_dir=str(untracked_dir / "checkpoints"),
         system_metrics=False,
+        fuse="on",  # one worker process a run: the tracker is what this compares
     )
-    tracked = smoke_config(tmp_path, system_metrics=False)
+    tracked = smoke_config(tmp_path, system_metrics=False, fuse="on")
     data = load_dataset(tracked.data)
     rounds = []
     quiet = run_experiment(untracked, data, on_round=rounds.append, tracker=NullTracker())

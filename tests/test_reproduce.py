@@ -59,7 +59,8 @@ def test_what_would_fail_after_training_is_refused_before(tmp_path, capsys, extr
 @pytest.mark.usefixtures("ray_local")
 def test_table4_writes_markdown_with_both_arms(tmp_path, capsys):
     out = tmp_path / "tables"
-    argv = ["table4", "--output", str(out), *smoke_args(tmp_path, "--epochs", "1")]
+    # fused: one worker process for each arm's networks (the table does not depend on it)
+    argv = ["table4", "--output", str(out), *smoke_args(tmp_path, "--epochs", "1", "--fuse", "on")]
     assert reproduce.main(argv) == 0
     text = (out / "table4.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "%" not in line]

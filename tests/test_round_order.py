@@ -41,10 +41,16 @@ def reference_rounds(config, data):
     return trainers, accuracies
 
 
-def test_final_networks_are_trained_and_metrics_are_taken_before_the_graft(tmp_path):
-    config = config_for(tmp_path, epochs=3)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, ray_local):
+    """One run of three networks for three rounds, read by two tests (a run costs seconds)."""
+    config = config_for(tmp_path_factory.mktemp("uninterrupted"), epochs=3)
     data = load_dataset(config.data)
-    result = run_experiment(config, data)
+    return config, data, run_experiment(config, data)
+
+
+def test_final_networks_are_trained_and_metrics_are_taken_before_the_graft(uninterrupted):
+    config, data, result = uninterrupted
     trainers, accuracies = reference_rounds(config, data)
     client = MlflowClient(result.tracking_uri)
     for k in range(3):
@@ -79,16 +85,16 @@ def test_best_over_rounds_and_accuracy_after_the_graft_are_logged(tmp_path):
     assert over_rounds[-1] == max(max(history(f"net{k}/test_acc")) for k in range(3))
 
 
-def test_a_stop_between_evaluation_and_graft_redoes_that_round_on_resume(tmp_path, monkeypatch):
+def test_a_stop_between_evaluation_and_graft_redoes_that_round_on_resume(
+    tmp_path, monkeypatch, uninterrupted
+):
     """A round is finished when its graft is done: a stop after round 2's evaluation but
     before its graft leaves round 1 as the last finished round, and resume redoes round 2."""
-    config = config_for(tmp_path, epochs=3)
-    data = load_dataset(config.data)
-    uninterrupted = run_experiment(config, data)
-    config = with_overrides(config, {"experiment": "interrupted"})
+    _, data, once_through = uninterrupted
+    config = config_for(tmp_path, epochs=3)  # the same settings in a store of its own
     interrupted_in_round(monkeypatch, 2, lambda: run_experiment(config, data))
-    client = MlflowClient(uninterrupted.tracking_uri)
-    (stopped,) = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
+    client = MlflowClient(config.tracking.tracking_uri)
+    (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
     assert [m.step for m in client.get_metric_history(stopped.info.run_id, "net0/test_acc")] == [1]
     resumed = with_overrides(config, {"resume": stopped.info.run_id})
     from graftune.tracking.experiment import resume_payload
@@ -97,5 +103,5 @@ def test_a_stop_between_evaluation_and_graft_redoes_that_round_on_resume(tmp_pat
     for key in ["net0/test_acc", "net2/test_acc", "population/ensemble_test_acc"]:
         again = client.get_metric_history(stopped.info.run_id, key)
         assert [m.step for m in again] == [1, 2, 3]
-        once = client.get_metric_history(uninterrupted.run_id, key)
+        once = MlflowClient(once_through.tracking_uri).get_metric_history(once_through.run_id, key)
         assert [m.value for m in again] == pytest.approx([m.value for m in once], abs=1e-9)

@@ -1,5 +1,6 @@
-"""Ray Tune searches: a trial is a whole population in a placement group of 1 + K bundles,
-nested under one MLflow parent run, and an interrupted search resumes where it stopped."""
+"""Ray Tune searches: a trial is a whole population in a placement group of one bundle for
+its driver and one per worker, nested under one MLflow parent run; many trials run at once,
+and an interrupted search resumes where it stopped."""
 
 import json
 import os
@@ -17,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from conftest import empty_store, refused, smoke_args
+from graftune.commands import trial
 from graftune.commands import tune as tune_command
 from graftune.commands.search_report import report_best
 from graftune.commands.search_setup import absolute_paths, prepare
@@ -61,30 +63,47 @@ def search_runs(tmp_path):
     return client, parent, children
 
 
+TRIALS = 8
+ROUNDS = 3
+
+
 @pytest.mark.usefixtures("ray_local")
-def test_search_runs_each_trial_as_a_nested_population(tmp_path, capsys):
+def test_concurrent_trials_each_run_as_a_nested_population_logging_every_round_once(
+    tmp_path, capsys, monkeypatch
+):
+    """Eight trials at once on the default SQLite store (one writer at a time), each a whole
+    fused population nested under the search's parent run: none of the rounds that every
+    trial's driver logs may be lost or logged twice."""
+    # Fractions of a CPU for each trial's driver and its one fused worker: all eight
+    # trials fit the tests' 4-CPU Ray at once.
+    monkeypatch.setitem(trial.DRIVER_BUNDLE, "CPU", 0.1)
     space = "num_models: {choice: [2, 3]}\nA: {uniform: [0.2, 0.6]}\n"
-    assert tune_command.main(search_args(tmp_path, space, "--num-samples", "3")) == 0
+    argv = search_args(tmp_path, space, "--num-samples", str(TRIALS), "--epochs", str(ROUNDS))
+    argv += ["--fuse", "on", "--max-concurrent-trials", str(TRIALS)]
+    assert tune_command.main(argv) == 0
 
     histories = trial_histories(tmp_path)
-    assert len(histories) == 3
+    assert len(histories) == TRIALS
     for history in histories:
         last = history[-1]
-        assert [row["round"] for row in history] == [1, 2]
+        assert [row["round"] for row in history] == list(range(1, ROUNDS + 1))
         assert last["num_models"] == last["config"]["num_models"]
-        assert last["bundles"] == 1 + last["num_models"]  # the driver + one per worker
+        assert last["bundles"] == 2  # the driver + one fused worker, whatever the networks
     assert {h[-1]["num_models"] for h in histories} == {2, 3}
 
     client, parent, children = search_runs(tmp_path)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["search/space/num_models"] == "choice [2, 3]"
-    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    assert len(children) == TRIALS and {c.info.status for c in children} == {"FINISHED"}
     assert {c.info.run_id for c in children} == {h[-1]["run_id"] for h in histories}
+    # They ran at the same time: every trial's run started before any of them ended.
+    assert max(c.info.start_time for c in children) < min(c.info.end_time for c in children)
     for child in children:  # the layout of a single population run
         assert child.data.params["population/num_models"] in ("2", "3")
         assert not [k for k in child.data.metrics if k.startswith("system/")]
-        steps = client.get_metric_history(child.info.run_id, "population/mean_test_acc")
-        assert [m.step for m in steps] == [1, 2]
+        for key in ("population/mean_test_acc", "net0/test_acc", "net1/train_loss"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps == list(range(1, ROUNDS + 1)), (child.info.run_name, key, steps)
 
     best = json.loads((tmp_path / "tune" / "space" / "best.json").read_text())
     assert best["parent_run_id"] == parent.info.run_id
@@ -93,7 +112,7 @@ def test_search_runs_each_trial_as_a_nested_population(tmp_path, capsys):
     assert parent.data.metrics["best/mean_test_acc"] == best["metrics"]["mean_test_acc"]
     assert f"Best trial: `{best['trial_id']}`" in parent.data.tags["mlflow.note.content"]
     out = capsys.readouterr()
-    assert out.err.count(" finished: ") == 3
+    assert out.err.count(" finished: ") == TRIALS
     assert "best configuration:" in out.out
 
 
