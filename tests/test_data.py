@@ -226,6 +226,17 @@ def test_non_image_files_are_skipped_in_one_line(tmp_path, kind, caplog):
 
 
 @both_kinds
+def test_a_split_of_only_non_image_files_is_one_line_that_names_them(tmp_path, kind, caplog):
+    members = {n: d for n, d in good_members().items() if not n.startswith("train/")}
+    path = build(tmp_path, kind, members | {"train/ant/notes.txt": b"x"})
+    with caplog.at_level(logging.WARNING):
+        message = refusal(path)
+    assert "no images in train/<class>/" in message, message
+    assert "(skipped as not images: train/ant/notes.txt)" in message, message
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]  # no second line
+
+
+@both_kinds
 def test_image_file_over_the_limit_is_refused_before_reading(tmp_path, kind):
     members = good_members() | {"train/bee/big.png": png() + bytes(5000)}  # 5 KB of trailing junk
     message = refusal(build(tmp_path, kind, members), max_image_bytes=4096)

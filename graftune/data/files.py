@@ -72,8 +72,9 @@ def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
 
 
 def _decode(listing: _Listing, read: Callable, limit: int) -> Arrays:
+    classes = listing.classes()  # a refusal first: bad input is one line, not a warning too
     listing.report_skipped()
-    return decode_images(listing.images, listing.classes(), read, limit, listing.data_dir)
+    return decode_images(listing.images, classes, read, limit, listing.data_dir)
 
 
 def _hidden(part: str) -> bool:
@@ -125,7 +126,8 @@ class _Listing:
         for split in SPLITS:
             if not self.images[split]:
                 raise DataError(
-                    f"no images in {split}/<class>/ of '{self.data_dir}'; need {FOLDER_HINT}"
+                    f"no images in {split}/<class>/ of '{self.data_dir}'"
+                    f"{self.skipped_note()}; need {FOLDER_HINT}"
                 )
             filled = {c for c, _ in self.images[split]}
             for c, folder in sorted(self.folders[split].items()):
@@ -144,15 +146,22 @@ class _Listing:
             )
         return classes
 
+    def shown_skipped(self) -> str:
+        """The first few of the files that are not images."""
+        return ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+
+    def skipped_note(self) -> str:
+        """`` (skipped as not images: a, b, c, ...)`` for a refusal, or "" if none."""
+        return f" (skipped as not images: {self.shown_skipped()})" if self.skipped else ""
+
     def report_skipped(self) -> None:
         """One line for all the files that are not images, however many there are."""
         if self.skipped:
-            shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
             log.warning(
                 "graftune: skipped %d non-image files in '%s' (%s)",
                 len(self.skipped),
                 self.data_dir,
-                shown,
+                self.shown_skipped(),
             )
 
 
