@@ -34,6 +34,8 @@ LONG_RUN = (
     "--cpus-per-worker",
     "0.5",
     "--no-system-metrics",
+    "--fuse",  # one worker process: what is tested is the driver
+    "on",
 )
 
 

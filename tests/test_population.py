@@ -25,7 +25,8 @@ def client_for(tmp_path) -> MlflowClient:
 
 
 def test_two_round_run_is_tracked_in_mlflow(tmp_path, capsys):
-    assert run.main(smoke_args(tmp_path, "--num-models", "3", "--plots")) == 0
+    # fused: one worker process (what is logged does not depend on the layout)
+    assert run.main(smoke_args(tmp_path, "--num-models", "3", "--plots", "--fuse", "on")) == 0
     run_id = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
     client = client_for(tmp_path)
     data = client.get_run(run_id).data
@@ -111,7 +112,7 @@ def test_nan_network_is_restored_and_never_a_graft_source(tmp_path):
 
 
 def test_resume_continues_the_same_run(tmp_path, capsys):
-    config = smoke_config(tmp_path, num_models=2)
+    config = smoke_config(tmp_path, num_models=2, fuse="on")  # one worker process a run
     data = load_dataset(config.data)
 
     def stop_after_first_round(result):
@@ -215,7 +216,7 @@ def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
 def test_resume_keeps_the_settings_of_the_last_resume(tmp_path):
     """The checkpoint's settings are the truth: --epochs given to one resume still stands
     at the next resume without flags, and each resume is recorded with what it changed."""
-    config = smoke_config(tmp_path, num_models=2, epochs=3)
+    config = smoke_config(tmp_path, num_models=2, epochs=3, fuse="on")  # one worker process
     data = load_dataset(config.data)
 
     def stop_after(last_round):
