@@ -228,11 +228,12 @@ def test_non_image_files_are_skipped_in_one_line(tmp_path, kind, caplog):
 @both_kinds
 def test_a_split_of_only_non_image_files_is_one_line_that_names_them(tmp_path, kind, caplog):
     members = {n: d for n, d in good_members().items() if not n.startswith("train/")}
-    path = build(tmp_path, kind, members | {"train/ant/notes.txt": b"x"})
+    junk = {"train/ant/notes.txt": b"x", "test/ant/readme.md": b"x"}  # only train/'s is named
+    path = build(tmp_path, kind, members | junk)
     with caplog.at_level(logging.WARNING):
         message = refusal(path)
     assert "no images in train/<class>/" in message, message
-    assert "(skipped as not images: train/ant/notes.txt)" in message, message
+    assert "(skipped as not images: train/ant/notes.txt)" in message, message  # not test/'s
     assert not [r for r in caplog.records if "skipped" in r.getMessage()]  # no second line
 
 

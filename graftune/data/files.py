@@ -127,7 +127,7 @@ class _Listing:
             if not self.images[split]:
                 raise DataError(
                     f"no images in {split}/<class>/ of '{self.data_dir}'"
-                    f"{self.skipped_note()}; need {FOLDER_HINT}"
+                    f"{self.skipped_note(split)}; need {FOLDER_HINT}"
                 )
             filled = {c for c, _ in self.images[split]}
             for c, folder in sorted(self.folders[split].items()):
@@ -146,13 +146,15 @@ class _Listing:
             )
         return classes
 
-    def shown_skipped(self) -> str:
-        """The first few of the files that are not images."""
-        return ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+    def shown_skipped(self, split: str | None = None) -> str:
+        """The first few of the files that are not images (of one split, if given)."""
+        names = [n for n in self.skipped if split is None or split in n.split("/")]
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
-    def skipped_note(self) -> str:
-        """`` (skipped as not images: a, b, c, ...)`` for a refusal, or "" if none."""
-        return f" (skipped as not images: {self.shown_skipped()})" if self.skipped else ""
+    def skipped_note(self, split: str) -> str:
+        """`` (skipped as not images: a, b, c, ...)`` for a split's refusal, or ""."""
+        shown = self.shown_skipped(split)
+        return f" (skipped as not images: {shown})" if shown else ""
 
     def report_skipped(self) -> None:
         """One line for all the files that are not images, however many there are."""
