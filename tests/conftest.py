@@ -103,6 +103,11 @@ def refused(capsys, main, argv: list[str]) -> str:
     return err
 
 
+# For tests that do not check the layout: all of a run's networks in one fused worker
+# process. Each worker process costs about 3 CPU-s here just to import torch.
+ONE_WORKER = ("--fuse", "on")
+
+
 def smoke_args(tmp_path, *extra: str, fresh_store: bool = False) -> list[str]:
     """Command-line settings of a population that trains in seconds on a CPU.
 

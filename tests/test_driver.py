@@ -16,7 +16,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from conftest import smoke_args
+from conftest import ONE_WORKER, smoke_args
 from graftune.commands import run
 from graftune.tracking.interrupt import EXIT_INTERRUPTED
 from graftune.tracking.lease import read_lease
@@ -34,8 +34,7 @@ LONG_RUN = (
     "--cpus-per-worker",
     "0.5",
     "--no-system-metrics",
-    "--fuse",  # one worker process: what is tested is the driver
-    "on",
+    *ONE_WORKER,  # what is tested is the driver
 )
 
 

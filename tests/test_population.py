@@ -8,7 +8,7 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import run_with_hook_after_round_1, smoke_args, smoke_config
+from conftest import ONE_WORKER, run_with_hook_after_round_1, smoke_args, smoke_config
 from graftune.commands import run
 from graftune.config import Config, with_overrides
 from graftune.core import GraftPolicy, find_graft_units, ring_graft
@@ -25,8 +25,7 @@ def client_for(tmp_path) -> MlflowClient:
 
 
 def test_two_round_run_is_tracked_in_mlflow(tmp_path, capsys):
-    # fused: one worker process (what is logged does not depend on the layout)
-    assert run.main(smoke_args(tmp_path, "--num-models", "3", "--plots", "--fuse", "on")) == 0
+    assert run.main(smoke_args(tmp_path, "--num-models", "3", "--plots", *ONE_WORKER)) == 0
     run_id = capsys.readouterr().out.split("MLflow run: ")[1].split()[0]
     client = client_for(tmp_path)
     data = client.get_run(run_id).data

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import refused, smoke_args
+from conftest import ONE_WORKER, refused, smoke_args
 from graftune.commands import reproduce
 from graftune.config import Config, validate, with_overrides
 from graftune.models import create_model
@@ -59,8 +59,7 @@ def test_what_would_fail_after_training_is_refused_before(tmp_path, capsys, extr
 @pytest.mark.usefixtures("ray_local")
 def test_table4_writes_markdown_with_both_arms(tmp_path, capsys):
     out = tmp_path / "tables"
-    # fused: one worker process for each arm's networks (the table does not depend on it)
-    argv = ["table4", "--output", str(out), *smoke_args(tmp_path, "--epochs", "1", "--fuse", "on")]
+    argv = ["table4", "--output", str(out), *smoke_args(tmp_path, "--epochs", "1", *ONE_WORKER)]
     assert reproduce.main(argv) == 0
     text = (out / "table4.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "%" not in line]

@@ -100,8 +100,9 @@ def test_a_stop_between_evaluation_and_graft_redoes_that_round_on_resume(
     from graftune.tracking.experiment import resume_payload
 
     run_experiment(resumed, data, resume=resume_payload(resumed))
+    once_client = MlflowClient(once_through.tracking_uri)
     for key in ["net0/test_acc", "net2/test_acc", "population/ensemble_test_acc"]:
         again = client.get_metric_history(stopped.info.run_id, key)
         assert [m.step for m in again] == [1, 2, 3]
-        once = MlflowClient(once_through.tracking_uri).get_metric_history(once_through.run_id, key)
+        once = once_client.get_metric_history(once_through.run_id, key)
         assert [m.value for m in again] == pytest.approx([m.value for m in once], abs=1e-9)

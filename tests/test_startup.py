@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import smoke_args
+from conftest import ONE_WORKER, smoke_args
 from graftune.commands import reproduce, run, startup
 from graftune.data import DataError
 
@@ -70,7 +70,7 @@ def tiny_run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
     tmp_path.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     argv = smoke_args(tmp_path, "--epochs", "1", "--synthetic-size", "64", fresh_store=True)
-    argv += ["--no-system-metrics", "--no-log-weights", "--fuse", "on", *extra]  # one worker
+    argv += ["--no-system-metrics", "--no-log-weights", *ONE_WORKER, *extra]
     done = subprocess.run(
         [sys.executable, "-m", "graftune.run", *argv],
         cwd=tmp_path,

@@ -11,7 +11,7 @@ import torch
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from conftest import smoke_args
+from conftest import ONE_WORKER, smoke_args
 from graftune.commands import run
 from graftune.commands.search_report import register_best
 from graftune.config import Config, ConfigError, DataConfig, from_flat, validate, with_overrides
@@ -29,11 +29,10 @@ REGISTERED = "tiny-graft"
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, ray_local):
     """One finished run of 2 networks with models, the best one registered (a run costs
-    tens of seconds here: every test reads this one). Fused: one worker process, not two,
-    and the models do not depend on the layout."""
+    tens of seconds here: every test reads this one)."""
     tmp_path = tmp_path_factory.mktemp("run")
     argv = smoke_args(tmp_path, "--num-models", "2", "--log-models", "--register-model", REGISTERED)
-    argv += ["--fuse", "on"]
+    argv += ONE_WORKER
     assert run.main(argv) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (found,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
