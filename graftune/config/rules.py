@@ -144,6 +144,8 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
         raise ConfigError(f"--fuse on cannot be combined with {unfused}")
     if config.tracking.register_model and not config.tracking.log_models:
         raise ConfigError("--register-model needs the MLflow models; drop --no-log-models")
-    if d.dataset == "imagefolder" and not d.data_dir:
-        raise ConfigError("--data-dir must name the image folder or .zip for --dataset imagefolder")
+    if d.dataset in ("imagefolder", "imagenet") and not d.data_dir:
+        raise ConfigError(
+            f"--data-dir must name the image folder or .zip for --dataset {d.dataset}"
+        )
     return config

@@ -34,7 +34,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["cifar10", "cifar100", "imagefolder", "synthetic"] = setting(
+    dataset: Literal["cifar10", "cifar100", "imagefolder", "imagenet", "synthetic"] = setting(
         "cifar10", "imagefolder reads --data-dir, a folder or .zip with train/ and test/"
     )
     data_dir: str = setting("./data", "torchvision's root, or the image folder or zip")

@@ -34,11 +34,12 @@ def load_dataset(cfg: DataConfig) -> ImageSet:
         arrays = _synthetic(cfg.synthetic_size, cfg.synthetic_classes)
     elif cfg.dataset in ("cifar10", "cifar100"):
         arrays = _cifar(cfg)
-    elif cfg.dataset == "imagefolder":
+    elif cfg.dataset in ("imagefolder", "imagenet"):  # imagenet: the same reader, a recipe
         arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes)
     else:
         raise DataError(
-            f"--dataset must be cifar10, cifar100, imagefolder or synthetic; got {cfg.dataset!r}"
+            "--dataset must be cifar10, cifar100, imagefolder, imagenet or synthetic; "
+            f"got {cfg.dataset!r}"
         )
     train_x, train_y, test_x, test_y, classes = arrays
     # Fixed seeds: every network of a population, and a resumed run, sees the same images.
