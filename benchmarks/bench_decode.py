@@ -8,11 +8,13 @@ Candidates (the ones whose library is missing are reported as such, not left out
   pillow        Pillow decode, the crop resized with Image.resize(box=...), uint8 batches
   pillow-draft  the same, but the JPEG decoded at 1/2, 1/4 or 1/8 scale (Image.draft) when
                 the crop still gets at least 224 pixels a side from it
-  simplejpeg    libjpeg-turbo through simplejpeg, scaled decode (min_width / min_height) as
-                with draft, then the same Pillow resize
+  pillow-draft+tensor  the draft decode, cropped and resized as a uint8 tensor by
+                transforms.v2's resized_crop (antialiased bilinear) instead of Pillow
+  simplejpeg+tensor  libjpeg-turbo through simplejpeg, scaled by n/8 in the decoder
+                (min_width / min_height) as with draft, then the tensor crop
   decode_jpeg   torchvision.io.decode_jpeg on the CPU (deprecated since torchvision 0.29),
-                then transforms.v2's resized_crop on the uint8 tensor
-  torchcodec    torchcodec.decoders.decode_jpeg on the CPU, then the same tensor crop
+                then the tensor crop
+  torchcodec    torchcodec.decoders.decode_jpeg on the CPU, then the tensor crop
 
 Every candidate draws its crops from torch's generator seeded alike, reads every file from
 disk itself, runs in this process (DataLoader num_workers=0, torch on one thread), and
@@ -71,38 +73,56 @@ def pillow(path: Path) -> torch.Tensor:
     return _pil_crop(image, (left, top, left + w, top + h), flip)
 
 
+def _draft(image: Image.Image, crop: tuple[int, int, int, int]) -> tuple[float, float]:
+    """Ask libjpeg for the smallest decode in which the crop still has SIZE pixels a side
+    (it scales by 1/2, 1/4 or 1/8 inside the IDCT, skipping most of the work); returns the
+    scale it chose, per axis."""
+    width, height = image.size
+    _, _, h, w = crop
+    image.draft("RGB", (math.ceil(width * SIZE / w), math.ceil(height * SIZE / h)))
+    return image.size[0] / width, image.size[1] / height
+
+
 def pillow_draft(path: Path) -> torch.Tensor:
     image = Image.open(path)
-    width, height = image.size
-    top, left, h, w, flip = crop_params(width, height)
-    # the smallest decode in which the crop still has SIZE pixels a side: libjpeg scales by
-    # 1/2, 1/4 or 1/8 in the IDCT, which skips most of the decoding work
-    image.draft("RGB", (math.ceil(width * SIZE / w), math.ceil(height * SIZE / h)))
-    sx, sy = image.size[0] / width, image.size[1] / height
+    top, left, h, w, flip = crop_params(*image.size)
+    sx, sy = _draft(image, (top, left, h, w))
     return _pil_crop(image, (left * sx, top * sy, (left + w) * sx, (top + h) * sy), flip)
 
 
-def simplejpeg_scaled(path: Path) -> torch.Tensor:
+def _tensor_crop(image: torch.Tensor, flip: bool, params, scale=(1.0, 1.0)) -> torch.Tensor:
+    """The crop of a uint8 C x H x W image resized to SIZE (bilinear, antialiased), flipped;
+    ``scale``: how much smaller than the original the image was decoded, per axis."""
+    top, left, h, w = params
+    sx, sy = scale
+    top, left, h, w = round(top * sy), round(left * sx), round(h * sy), round(w * sx)
+    out = F.resized_crop(image, top, left, h, w, [SIZE, SIZE], antialias=True)
+    return F.horizontal_flip(out) if flip else out
+
+
+def pillow_draft_tensor(path: Path) -> torch.Tensor:
+    image = Image.open(path)
+    top, left, h, w, flip = crop_params(*image.size)
+    scale = _draft(image, (top, left, h, w))
+    array = np.asarray(image.convert("RGB"))
+    return _tensor_crop(torch.from_numpy(array).permute(2, 0, 1), flip, (top, left, h, w), scale)
+
+
+def simplejpeg_tensor(path: Path) -> torch.Tensor:
     import simplejpeg
 
     data = path.read_bytes()
     height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     top, left, h, w, flip = crop_params(width, height)
-    array = simplejpeg.decode_jpeg(
+    array = simplejpeg.decode_jpeg(  # scaled by n/8 in the IDCT, as with draft
         data,
         colorspace="RGB",
         min_width=math.ceil(width * SIZE / w),
         min_height=math.ceil(height * SIZE / h),
     )
-    sx, sy = array.shape[1] / width, array.shape[0] / height
-    box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-    return _pil_crop(Image.fromarray(array), box, flip)
-
-
-def _tensor_crop(image: torch.Tensor, flip: bool, params) -> torch.Tensor:
-    top, left, h, w = params
-    out = F.resized_crop(image, top, left, h, w, [SIZE, SIZE], antialias=True)
-    return F.horizontal_flip(out) if flip else out
+    scale = (array.shape[1] / width, array.shape[0] / height)
+    image = torch.from_numpy(array).permute(2, 0, 1)  # a view: resized_crop reads it as is
+    return _tensor_crop(image, flip, (top, left, h, w), scale)
 
 
 def torchvision_decode(path: Path) -> torch.Tensor:
@@ -178,7 +198,8 @@ def candidates(root: Path, files: list[Path], batch: int) -> dict[str, Callable 
     plain = {
         "pillow": pillow,
         "pillow-draft": pillow_draft,
-        "simplejpeg": simplejpeg_scaled,
+        "pillow-draft+tensor": pillow_draft_tensor,
+        "simplejpeg+tensor": simplejpeg_tensor,
         "decode_jpeg": torchvision_decode,
         "torchcodec": torchcodec_decode,
     }
@@ -238,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             rates[name].append(count / cpu)
             walls[name].append(count / wall)
-            print(f"round {round_} {name:13s} {count / cpu:7.0f} img/CPU-s", flush=True)
+            print(f"round {round_} {name:20s} {count / cpu:7.0f} img/CPU-s", flush=True)
     common = {"date": today, "data": Path(args.data).name, "images": len(files)}
     common |= {"size": SIZE, "rounds": args.rounds, "batch_size": args.batch_size}
     common["versions"] = versions()
