@@ -25,6 +25,7 @@ turns in every round, in a rotated order, and the median over rounds is reported
     nice -n 10 python benchmarks/bench_decode.py DATA/gen-2k --images 500 --rounds 5
     nice -n 10 python benchmarks/bench_decode.py DATA/gen-2k --images 500 --rounds 5 --size 112
     nice -n 10 python benchmarks/bench_decode.py DATA/gen-2k --images 500 --rounds 5 --decode-only
+    python benchmarks/bench_decode.py DATA/gen-2k --images 1000 --size 224 --count-scaled
 """
 
 from __future__ import annotations
@@ -254,6 +255,27 @@ def decoders_only(files: list[Path]) -> dict[str, Callable | str]:
     return found
 
 
+def scaled_shares(files: list[Path]) -> dict[str, float]:
+    """How many decodes Pillow's draft and simplejpeg make smaller than the file, with the
+    crops the timed runs draw (seed 0): scaling can only save work where it happens."""
+    import simplejpeg
+
+    torch.manual_seed(0)
+    draft = scaled = 0
+    for path in files:
+        image = Image.open(path)
+        width, height = image.size
+        top, left, h, w, _ = crop_params(width, height)
+        draft += _draft(image, (top, left, h, w))[0] < 1
+        array = simplejpeg.decode_jpeg(
+            path.read_bytes(),
+            min_width=math.ceil(width * SIZE / w),
+            min_height=math.ceil(height * SIZE / h),
+        )
+        scaled += array.shape[1] < width
+    return {"pillow-draft": draft / len(files), "simplejpeg": scaled / len(files)}
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__}
     out["torchvision"] = torchvision.__version__
@@ -275,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", type=int, default=SIZE, help="side of the crop")
     parser.add_argument("--decode-only", action="store_true", help="time the decoders alone")
+    parser.add_argument(
+        "--count-scaled", action="store_true", help="count the decodes that scaling shrinks"
+    )
     parser.add_argument("--output", default="", help="jsonl; default results/decode-DATE")
     args = parser.parse_args(argv)
     SIZE = args.size
@@ -283,11 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.data) / "train"
     folder = datasets.ImageFolder(str(root))  # the order all candidates read the files in
     files = [Path(p) for p, _ in folder.samples[: args.images]]
-    runs = decoders_only(files) if args.decode_only else candidates(root, files, args.batch_size)
-    runnable = [name for name, run in runs.items() if callable(run)]
     today = datetime.date.today().isoformat()
     output = Path(args.output or Path(__file__).parent / "results" / f"decode-{today}.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
+    if args.count_scaled:
+        record = {"date": today, "data": Path(args.data).name, "images": len(files)}
+        record |= {"size": SIZE, "scaled_share": scaled_shares(files)}
+        with output.open("a") as out:
+            out.write(json.dumps(record) + "\n")
+        print(json.dumps(record))
+        return 0
+    runs = decoders_only(files) if args.decode_only else candidates(root, files, args.batch_size)
+    runnable = [name for name, run in runs.items() if callable(run)]
     for name in runnable:  # imports, first allocations and the page cache: not timed
         runs[name](files[: args.batch_size])
     rates: dict[str, list[float]] = {name: [] for name in runnable}

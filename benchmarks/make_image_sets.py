@@ -10,11 +10,11 @@ untouched), for the in-memory path at the same settings.
         OUT/cifar10-mixed.zip --subset 10000
 
 generated: N random JPEGs in ImageNet's layout (train/<class>/, val/<class>/), sizes drawn
-from --sizes (default 200 to 500 pixels a side, ImageNet's typical range), content that
-costs a JPEG decoder about what a photo does: a smooth colour field under noise at two
-scales, about 0.7 bytes a pixel at quality 90 (ImageNet's training JPEGs: about 110 KB for
-about 400 x 350 pixels, 0.8 bytes a pixel). Noise tiles are drawn once and cropped at random
-places, so 200,000 images take minutes, not hours.
+from --sizes (default 200 to 500 pixels a side, as most ImageNet photos), content with detail
+at several scales so that it does not compress to nothing as flat colour would: a smooth
+colour field under noise at two scales, about 0.65 bytes a pixel at quality 90. Noise tiles
+are drawn once and cropped at random places (about 2 ms an image here), so 200,000 images
+take minutes, not hours.
 
     python benchmarks/make_image_sets.py generated OUT/gen-2k --train 2000 --val 200
 """
