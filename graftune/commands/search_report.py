@@ -15,6 +15,9 @@ from graftune.tracking.description import search_description
 from graftune.tracking.tracker import BEST_MODEL_ID_TAG, REGISTERED_TAG, Tracker, browse_command
 
 METRICS = ("mean_test_acc", "best_test_acc", "ensemble_test_acc")
+# The soup's accuracy is reported only with --soup every_round: a search metric must be
+# reported every round (ASHA compares trials at every rung).
+SOUP_METRIC = "soup_test_acc"
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -48,7 +51,11 @@ def report_best(results, state: SearchState, tracker: Tracker) -> dict[str, Any]
         "mode": "max",
         "value": best.metrics[metric],
         "config": chosen,
-        "metrics": {k: best.metrics[k] for k in (*METRICS, "round", "num_rounds")},
+        "metrics": {
+            k: best.metrics[k]
+            for k in (*METRICS, SOUP_METRIC, "round", "num_rounds")
+            if k in best.metrics
+        },
         "trial_id": best.metrics.get("trial_id"),
         "trial_run_id": best.metrics.get("run_id"),
         "parent_run_id": state.parent_run_id,
