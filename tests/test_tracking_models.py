@@ -74,8 +74,9 @@ def test_every_network_loads_back_and_predicts_like_the_checkpoint(finished):
     assert sorted(m.name for m in models) == ["net0", "net1", "soup"]  # --soup end, the default
     (soup,) = [m for m in models if m.name == "soup"]
     soup_metrics = {m.key: m.value for m in soup.metrics}
-    assert soup_metrics["population/soup_test_acc"] == (
-        mlflow_run.data.metrics["population/soup_test_acc"]
+    assert (
+        soup_metrics["population/soup_test_acc"]
+        == (mlflow_run.data.metrics["population/soup_test_acc"])
     )
     models = [m for m in models if m.name != "soup"]
     best = mlflow_run.data.tags["graftune.best_model"]

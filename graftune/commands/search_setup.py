@@ -55,8 +55,10 @@ def prepare(args: argparse.Namespace) -> tuple[Config, SearchState]:
     writable_folder(args.output or str(path / "best.json"), "--output", is_file=True)
     config = validate(config_from_args(args), known_models=list_models())
     if args.metric == SOUP_METRIC and config.population.soup != "every_round":
-        raise ConfigError(f"--metric {SOUP_METRIC} needs --soup every_round (a trial reports it "
-                          "only in the rounds that make a soup)")
+        raise ConfigError(
+            f"--metric {SOUP_METRIC} needs --soup every_round (a trial reports it "
+            "only in the rounds that make a soup)"
+        )
     space = load_search_space(args.search_space, config, list_models())
     fixed = sorted(set(typed_settings(args)) & set(space.settings))
     if fixed:

@@ -144,8 +144,9 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
         )
     if p.asynchronous and (g.source == "average" or p.soup == "every_round"):
         what = "--source average" if g.source == "average" else "--soup every_round"
-        raise ConfigError(f"{what} needs synchronous rounds (the whole population at once); "
-                          "drop --asynchronous")
+        raise ConfigError(
+            f"{what} needs synchronous rounds (the whole population at once); drop --asynchronous"
+        )
     if p.fuse == "on" and (unfused := one_network_per_worker(config)):
         raise ConfigError(f"--fuse on cannot be combined with {unfused}")
     if config.tracking.register_model and not config.tracking.log_models:

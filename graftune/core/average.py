@@ -18,8 +18,8 @@ from graftune.core.graft import StateLike, as_tensor
 def population_average(states: Sequence[StateLike]) -> dict[str, torch.Tensor]:
     """The uniform mean of every floating-point tensor of ``states``, key by key; integer
     buffers (BatchNorm's ``num_batches_tracked``) cannot be averaged and are the first
-    state's. The sum runs in state order, then divides once: the same rounding wherever it
-    runs.
+    state's. A running mean, in state order: the mean of identical states is each of them
+    to the bit, and it rounds alike wherever it runs (driver or device).
 
     >>> population_average([{"w": torch.ones(2)}, {"w": torch.zeros(2)}])["w"]
     tensor([0.5000, 0.5000])
@@ -28,14 +28,11 @@ def population_average(states: Sequence[StateLike]) -> dict[str, torch.Tensor]:
         raise ValueError("population_average needs at least one state")
     average = {}
     for key, first in states[0].items():
-        first = as_tensor(first)
-        if not first.is_floating_point():
-            average[key] = first.clone()
-            continue
-        total = first.clone()
-        for state in states[1:]:
-            total += as_tensor(state[key]).to(total.device)
-        average[key] = total / len(states)
+        mean = as_tensor(first).clone()
+        if mean.is_floating_point():
+            for count, state in enumerate(states[1:], start=2):
+                mean.lerp_(as_tensor(state[key]).to(mean.device), 1.0 / count)
+        average[key] = mean
     return average
 
 

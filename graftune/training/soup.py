@@ -14,7 +14,7 @@ import torch
 
 from graftune.config import Config
 from graftune.core.average import move_toward
-from graftune.core.graft import StateLike
+from graftune.core.graft import StateLike, as_tensor
 from graftune.data import ImageSet
 from graftune.training.trainer import Trainer
 
@@ -45,7 +45,11 @@ class Soup:
             dict on the CPU).
         """
         model = self.trainer.model
-        move_toward(model.state_dict(), average, 1.0)  # rate 1 copies every float tensor
+        state = model.state_dict()
+        move_toward(state, average, 1.0)  # rate 1 copies every float tensor exactly
+        for key, value in average.items():  # and integer buffers, where the average has them
+            if not state[key].is_floating_point():
+                state[key].copy_(as_tensor(value))
         if bn_batches > 0:
             self.trainer.recalibrate_batchnorm(bn_batches)
         metrics = self.trainer.evaluate()
