@@ -12,7 +12,7 @@ whole population averages on its device instead, and nothing leaves it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 
@@ -22,8 +22,9 @@ from graftune.core.graft import predecessor
 from graftune.core.snapshot import pack
 from graftune.population.ring import graft_records
 
-if TYPE_CHECKING:
-    from graftune.population.population import Population
+# ``population`` below is the driver's :class:`~graftune.population.population.Population`,
+# which calls these functions (so this module does not import it back).
+Population = Any
 
 
 def soup_due(config: Config, round_index: int, num_rounds: int) -> bool:
