@@ -3,6 +3,7 @@
 fused against separate workers, resume, and the soup of a finished run."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import ray
@@ -209,3 +210,22 @@ def test_checkpoints_carry_the_soup_in_the_history(rate_0_run):
     (path,) = (tmp_path / "checkpoints").glob("*/*.pt")
     history = load_checkpoint(path)["history"]
     assert [("soup_test_acc" in h["population"]) for h in history] == [True] * len(history)
+
+
+def test_papa_yaml_loads_and_a_search_for_the_soup_needs_a_soup_every_round(
+    tmp_path, capsys, no_ray
+):
+    from graftune.commands import tune
+    from graftune.commands.searchspace import load_search_space
+    from graftune.config import Config
+
+    papa = str(Path(__file__).resolve().parent.parent / "searchspaces" / "papa.yaml")
+    space = load_search_space(papa, Config())
+    assert set(space.param_space) == {"source", "average_rate"}
+    argv = [
+        *("--search-space", papa, "--metric", "soup_test_acc"),
+        *("--storage-path", str(tmp_path / "tune"), "--model", "tiny_cnn"),
+        *("--dataset", "synthetic", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    ]
+    shutil.copyfile(empty_store(), tmp_path / "mlflow.db")
+    assert "--metric soup_test_acc needs --soup every_round" in refused(capsys, tune.main, argv)

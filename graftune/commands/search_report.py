@@ -27,7 +27,8 @@ def describe(params: dict[str, Any], metrics: dict[str, Any]) -> str:
     values = "  ".join(f"{k}={_short(v)}" for k, v in trial_overrides(params).items())
     if "round" not in metrics:
         return values
-    accuracies = "  ".join(f"{k.split('_')[0]} {metrics[k]:.2%}" for k in METRICS)
+    shown = [k for k in (*METRICS, SOUP_METRIC) if k in metrics]
+    accuracies = "  ".join(f"{k.split('_')[0]} {metrics[k]:.2%}" for k in shown)
     return f"{values} | round {metrics['round']}/{metrics.get('num_rounds', '?')}: {accuracies}"
 
 
