@@ -35,7 +35,7 @@ from graftune.tracking.dataset_input import dataset_inputs
 from graftune.tracking.description import run_description
 from graftune.tracking.interrupt import RunStopped, exit_on_interrupt, stopped_line
 from graftune.tracking.lease import DriverLease, acquire, lease_path
-from graftune.tracking.logged_models import best_network, log_networks
+from graftune.tracking.logged_models import best_network, log_networks, log_soup
 from graftune.tracking.null_tracker import NullTracker
 from graftune.tracking.tracker import (
     BEST_MODEL_ID_TAG,
@@ -64,6 +64,7 @@ class ExperimentResult:
     model_ids: list[str] = field(default_factory=list)  # net{k}'s logged model, when logged
     registered: str = ""  # "NAME version V" of --register-model
     states: list[dict[str, Any]] = field(default_factory=list, repr=False)  # final networks
+    soup: dict[str, Any] | None = field(default=None, repr=False)  # the last soup's weights
 
     @property
     def final(self) -> dict[str, Any]:
@@ -206,6 +207,7 @@ def run_experiment(
             add_best_over_rounds(history, round_result)
             history.append(round_result.as_history())
             records.extend(round_result.records)
+            result.soup = round_result.soup if round_result.soup is not None else result.soup
             result.events.extend(round_result.events)
             tracker.log_round(round_result.round, round_result.networks, round_result.population)
             logged = LoggedRound(**vars(round_result), run_id=tracker.run_id)
@@ -223,7 +225,7 @@ def run_experiment(
         result.best = best_network(result.final)
         result.states = population.states()
         if tracker.enabled:  # plots and exported models are made only to be logged
-            _log_final_artifacts(tracker, config, result.states, history, records)
+            _log_final_artifacts(tracker, config, result.states, history, records, result.soup)
             _log_final_networks(tracker, config, data, result.states, result)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -286,7 +288,7 @@ def _payload(config, round_index, population, history, records) -> dict[str, Any
     }
 
 
-def _log_final_artifacts(tracker, config, states, history, records) -> None:
+def _log_final_artifacts(tracker, config, states, history, records, soup=None) -> None:
     tracker.log_table(records, RECORDS_ARTIFACT)
     if config.tracking.plots:
         from graftune.tracking import plots  # matplotlib costs half a second; --no-plots skips it
@@ -298,6 +300,8 @@ def _log_final_artifacts(tracker, config, states, history, records) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for k, state in enumerate(states):
                 torch.save(state["model"], Path(tmp) / f"net{k}.pt")
+            if soup is not None:
+                torch.save(soup, Path(tmp) / "soup.pt")
             tracker.log_artifacts(tmp, "weights")
 
 
@@ -321,6 +325,8 @@ def _log_final_networks(tracker, config, data, states, result: ExperimentResult)
             f"graftune: the networks were not logged as MLflow models ({reason})", stacklevel=2
         )
         return
+    if result.soup is not None:  # not in model_ids: those are net{k}'s, by k
+        log_soup(tracker, config.model.model, data, result.soup, result.final, flatten(config))
     best_id = result.model_ids[result.best]
     tracker.set_tag(BEST_MODEL_ID_TAG, best_id)
     if t.register_model:
