@@ -21,6 +21,7 @@ from graftune.data import ImageSet
 from graftune.models import list_models
 from graftune.tracking.checkpoint import Resume, check_compatible
 from graftune.tracking.interrupt import EXIT_INTERRUPTED, RunStopped, exit_on_interrupt
+from graftune.tracking.store import resolve_tracking_uri
 from graftune.tracking.tracker import browse_command
 
 console = Console(stderr=True)
@@ -44,6 +45,12 @@ def configure(startup: Startup) -> Config:
     typed = config_from_args(args)  # --config and the flags: --resume may come from either
     if typed.population.resume:  # the checkpoint's settings, then the file and the flags
         store = startup.store(typed.tracking.tracking_uri)
+        if store is None:
+            raise ConfigError(
+                f"--resume {typed.population.resume}: no such MLflow run (the store "
+                f"{resolve_tracking_uri(typed.tracking.tracking_uri)} does not exist; "
+                "check --tracking-uri)"
+            )
         startup.extra = stopped_run(store, typed.population.resume)
         typed = config_from_args(args, from_flat(startup.extra.payload["config"]))
     config = validate(typed, known_models=list_models())

@@ -7,7 +7,6 @@ a Tune trial can own a nested run while its parent search owns another.
 from __future__ import annotations
 
 import csv
-import os
 import tempfile
 import time
 import warnings
@@ -26,38 +25,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from graftune.config import Config, ConfigError
+from graftune.config import Config
+from graftune.tracking.store import resolve_tracking_uri
 
-DEFAULT_STORE = "mlflow.db"  # SQLite file in the working directory: MLflow 3 has no ./mlruns store
 PARENT_TAG = "mlflow.parentRunId"
 CHECKPOINT_TAG = "graftune.tracking.checkpoint"
 BEST_MODEL_TAG = "graftune.best_model"  # net{k} with the best final test accuracy
 BEST_MODEL_ID_TAG = "graftune.best_model_id"  # its logged model: models:/<id>
 REGISTERED_TAG = "graftune.registered_model"  # "NAME/VERSION" of --register-model
-
-
-def resolve_tracking_uri(uri: str = "") -> str:
-    """The flag, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    return uri or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
-
-
-def open_store(uri: str = "") -> MlflowClient:
-    """A client for the tracking store, checked by one read before any training starts.
-
-    MLflow only reports a bad URI (an unknown scheme, a SQLite file in a missing folder, a
-    server that does not answer) when it is first used; without this check that would be
-    after the data has loaded, or after the first round."""
-    resolved = resolve_tracking_uri(uri)
-    try:
-        client = MlflowClient(resolved)
-        client.search_experiments(max_results=1)
-    except Exception as error:  # MLflow raises a different type for each kind of store
-        raise ConfigError(
-            f"--tracking-uri {resolved!r}: MLflow cannot open it ({type(error).__name__}); use "
-            "sqlite:///PATH.db, http(s)://HOST:PORT, or leave it empty for ./mlflow.db"
-        ) from None
-    return client
 
 
 def browse_command(tracking_uri: str) -> str:
