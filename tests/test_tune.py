@@ -347,3 +347,43 @@ def test_resume_warns_of_the_flags_it_ignores(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert config.train.epochs == 2 and config.train.lr == 0.05  # the stored settings win
     assert len(err.splitlines()) == 1 and "ignoring --epochs, --lr" in err, err
+
+
+def test_without_a_search_space_the_default_one_is_searched_and_said_first(
+    tmp_path, capsys, monkeypatch
+):
+    """``python -m graftune.tune`` alone searches A, c, lr and K, and its first line says so
+    (the trials themselves are left out: the tuner is stopped before it starts any)."""
+
+    class Stop(Exception):
+        pass
+
+    def tuner(args, config, data, state, cluster):
+        assert sorted(state.space.settings) == ["A", "c", "lr", "num_models"]
+        raise Stop
+
+    monkeypatch.setattr(tune_command, "init_ray", lambda verbose: "local Ray (2 CPUs)")
+    monkeypatch.setattr(tune_command.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(tune_command, "make_tuner", tuner)
+    argv = smoke_args(tmp_path, "--storage-path", str(tmp_path / "tune"), "--num-samples", "2")
+    del argv[argv.index("--lr") : argv.index("--lr") + 2]  # lr is searched
+    with pytest.raises(Stop):
+        tune_command.main(argv)
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(
+        "graftune.tune: starting search 'default' of the default search space "
+        "(A, c, lr, num_models): 2 trials"
+    ), first
+
+
+def test_the_default_search_space_is_package_data():
+    """Installed from a wheel, graftune has no searchspaces/ folder beside it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from graftune.commands.searchspace import DEFAULT_SPACE
+
+    assert Path(DEFAULT_SPACE).is_file()
+    root = Path(__file__).parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["graftune"]
+    assert Path(DEFAULT_SPACE).relative_to(root / "graftune").as_posix() in data
