@@ -217,13 +217,15 @@ def test_a_trial_too_large_for_a_local_ray_is_refused(tmp_path, monkeypatch):
         fit("cpus_per_worker: {choice: [0.25, 1000]}\n")
     with pytest.raises(ConfigError, match="a trial with 2 workers .* needs"):
         fit("cpus_per_worker: {uniform: [0.1, 600]}\n")  # a range: its upper end
-    with pytest.raises(ConfigError, match="a trial with 3 workers .*cpus_per_worker=0.4"):
-        fit("num_models: {choice: [2, 3]}\ncpus_per_worker: {choice: [0.1, 0.4]}\n")
+    with pytest.raises(ConfigError, match="a trial with 2 workers .*cpus_per_worker=0.6"):
+        fit("num_models: {choice: [2, 3]}\ncpus_per_worker: {choice: [0.1, 0.6]}\n")
     # pairs that vary together are checked as pairs: each of these trials fits
     fitted = fit(
         "grid: [{num_models: 3, cpus_per_worker: 0.3}, {num_models: 2, cpus_per_worker: 0.5}]\n"
     )
-    assert fitted.population.cpus_per_worker == 0.33  # the fixed share, for the largest trial
+    # the fixed share, for the largest trial's workers: 2 on 2 cores, whatever its K
+    assert fitted.population.cpus_per_worker == 0.5
+    assert fit("num_models: {choice: [2, 64]}\n").population.cpus_per_worker == 0.5
 
 
 # --- the end of a search: best.json and the report before the registry ---

@@ -8,6 +8,7 @@ python -m graftune.run --resume RUN_ID                     # continue a stopped 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,6 +24,9 @@ from graftune.tracking.checkpoint import Resume, check_compatible
 from graftune.tracking.interrupt import EXIT_INTERRUPTED, RunStopped, exit_on_interrupt
 from graftune.tracking.store import resolve_tracking_uri
 from graftune.tracking.tracker import browse_command
+
+if TYPE_CHECKING:  # the population layer imports torch: a refused run does not wait for it
+    from graftune.population.resources import Layout
 
 console = Console(stderr=True)
 
@@ -90,16 +94,18 @@ def main(argv: list[str] | None = None) -> int:
 def train(argv: list[str] | None) -> int:
     startup = checked(argv)
     config, data, resume = startup.config, startup.data, startup.extra
+    from graftune.population.resources import placement_line
     from graftune.tracking.experiment import run_experiment
 
     where = init_ray(verbose=startup.args.verbose)
     with bad_input_is_one_line():
-        fits_local_ray(config)
+        layout = fits_local_ray(config)
     console.print(
         f"graftune: {config.population.num_models} x {config.model.model} on "
         f"{config.data.dataset} ({len(data.train_labels)} train / {len(data.test_labels)} test "
         f"images), {where}"
     )
+    console.print(f"graftune: {placement_line(layout)}")
     columns = (TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, TextColumn("{task.description}"), console=console) as progress:
         task = progress.add_task("starting workers", total=None)
@@ -125,9 +131,9 @@ def train(argv: list[str] | None) -> int:
     return 0
 
 
-def fits_local_ray(config: Config) -> None:
-    """Workers that ask for more than a local Ray has would wait for ever (a cluster may
-    still grow): refuse them now, naming the settings."""
+def fits_local_ray(config: Config) -> Layout:
+    """The workers of the run; those that ask for more than a local Ray has would wait for
+    ever (a cluster may still grow): refuse them now, naming the settings."""
     import ray
 
     from graftune.population.resources import largest_node_cpus, worker_layout
@@ -140,6 +146,7 @@ def fits_local_ray(config: Config) -> None:
             f"{len(layout.groups)} workers of {layout.resources} need {needs}, but this "
             f"machine has {have}; lower --cpus-per-worker, --gpus-per-worker or --num-models"
         )
+    return layout
 
 
 def print_summary(result) -> None:

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from graftune.config import Config, ConfigError, flatten
 from graftune.data import ImageSet
 from graftune.population.population import Population, RoundResult
+from graftune.population.resources import placement_line
 from graftune.population.rounds import run_population
 from graftune.tracking.checkpoint import (
     Resume,
@@ -49,6 +50,7 @@ from graftune.tracking.tracker import (
 
 RECORDS_ARTIFACT = "grafting/entropy_alpha.csv"
 WORKERS_TAG = "graftune.workers"  # where each network ran: node, device, threads
+PLACEMENT_TAG = "graftune.placement"  # the same in words: "64 networks in 2 workers (...)"
 FUSE_TAG = "graftune.fuse"  # why the networks were not fused where they would have been
 
 
@@ -193,6 +195,7 @@ def run_experiment(
         population.start(ready_timeout_s)
         result.worker_info = population.info
         tracker.set_tag(WORKERS_TAG, json.dumps(population.info))
+        tracker.set_tag(PLACEMENT_TAG, placement_line(population.layout))
         if population.fuse_note:
             tracker.set_tag(FUSE_TAG, population.fuse_note)
         if payload is not None:
