@@ -96,6 +96,7 @@ def train(argv: list[str] | None) -> int:
     config, data, resume = startup.config, startup.data, startup.extra
     from graftune.population.resources import placement_line
     from graftune.tracking.experiment import run_experiment
+    from graftune.tracking.pending import StoreAway
 
     where = init_ray(verbose=startup.args.verbose)
     with bad_input_is_one_line():
@@ -126,7 +127,12 @@ def train(argv: list[str] | None) -> int:
             if not console.is_terminal:  # job logs (ray job submit, files) get a line a round
                 console.print(f"round {result.round}/{progress.tasks[0].total}: {text}")
 
-        result = run_experiment(config, data, on_round, on_start, resume=resume)
+        try:
+            result = run_experiment(config, data, on_round, on_start, resume=resume)
+        except StoreAway as away:  # nothing is lost: the checkpoint holds what waits
+            progress.stop()
+            print(away.line, file=sys.stderr)
+            return 1
     print_summary(result)
     return 0
 

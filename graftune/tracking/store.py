@@ -64,6 +64,15 @@ def new_file(database: Path, uri: str) -> None:
         raise ConfigError(f"--tracking-uri {uri}: {existing} is not a folder that can be written")
 
 
+def answers(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the tracking server at ``uri`` answers one quick try."""
+    try:
+        probe_server(uri, timeout_s)
+    except ConfigError:
+        return False
+    return True
+
+
 def open_store(uri: str = "") -> MlflowClient | None:
     """A client for the tracking store, checked by one read; None for a SQLite store that
     does not exist yet (nothing can be wrong inside it, and it is made when the run starts).

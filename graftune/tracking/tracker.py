@@ -35,6 +35,17 @@ BEST_MODEL_ID_TAG = "graftune.best_model_id"  # its logged model: models:/<id>
 REGISTERED_TAG = "graftune.registered_model"  # "NAME/VERSION" of --register-model
 
 
+def round_metrics(networks: list[dict[str, Any]], population: dict[str, float]) -> dict:
+    """A round's per-network metrics as ``net{k}/{name}`` and population metrics as
+    ``population/{name}``."""
+    metrics = {f"population/{k}": v for k, v in population.items()}
+    for k, network in enumerate(networks):
+        metrics.update(
+            {f"net{k}/{name}": v for name, v in network.items() if isinstance(v, int | float)}
+        )
+    return metrics
+
+
 def browse_command(tracking_uri: str) -> str:
     """The command that shows these runs in the MLflow UI (bound to localhost)."""
     if tracking_uri.startswith(("http://", "https://")):
@@ -91,8 +102,9 @@ class Tracker:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp: int = 0) -> None:
+        """``metrics`` at ``step``; ``timestamp`` (ms) when they were measured, else now."""
+        now = timestamp or int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
@@ -100,14 +112,8 @@ class Tracker:
     def log_round(
         self, step: int, networks: list[dict[str, Any]], population: dict[str, float]
     ) -> None:
-        """Per-network metrics as ``net{k}/{name}`` and population metrics as
-        ``population/{name}``, all at step = round."""
-        metrics = {f"population/{k}": v for k, v in population.items()}
-        for k, network in enumerate(networks):
-            metrics.update(
-                {f"net{k}/{name}": v for name, v in network.items() if isinstance(v, int | float)}
-            )
-        self.log_metrics(metrics, step)
+        """:func:`round_metrics`, all at step = round."""
+        self.log_metrics(round_metrics(networks, population), step)
 
     def log_table(self, rows: list[dict[str, Any]], artifact_path: str) -> None:
         """Rows of dicts as one CSV artifact (``artifact_path`` names the file)."""

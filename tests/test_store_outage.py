@@ -1,0 +1,110 @@
+"""A tracking server that goes away in the middle of a run: training goes on, each round's
+metrics wait and are logged once the server answers (in order, each once), and a run that
+ends while it is away keeps them in its checkpoint for ``--resume``.
+
+A real ``mlflow server`` (SQLite behind it, a free local port) is stopped and started again
+from the run's round hook, so each outage begins and ends at a known round."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import smoke_config
+from graftune.data import load_dataset
+from graftune.tracking.checkpoint import load_checkpoint
+from graftune.tracking.experiment import run_experiment, stopped_run
+from graftune.tracking.pending import StoreAway
+from graftune.tracking.store import answers
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+ROUNDS = 5
+
+
+class Server:
+    """``mlflow server`` on a free port; stop() and start() keep its store and its port."""
+
+    def __init__(self, folder: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.folder, self.process = folder, None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        argv = [
+            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"),
+            *("--port", str(self.port), "--workers", "1"),
+            *("--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"),
+            *("--artifacts-destination", str(self.folder / "artifacts")),
+        ]
+        log = (self.folder / "server.log").open("a")
+        # its own process group: the server's uvicorn and job runner go with it
+        self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        while not answers(self.uri, timeout_s=1.0):  # readiness, not a race: it must answer
+            try:  # a pause between tries that ends early if the server dies
+                self.process.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                continue
+            raise AssertionError((self.folder / "server.log").read_text()[-2000:])
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+        assert not answers(self.uri, timeout_s=1.0)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    # The run's calls keep MLflow's retries; here they give up at once, so the test takes
+    # seconds, not the minutes of back-off a real outage would first wait out.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    server = Server(tmp_path)
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
+    tmp_path, server, capsys
+):
+    config = smoke_config(
+        tmp_path, epochs=ROUNDS, tracking_uri=server.uri, num_models=2, system_metrics=False
+    )
+    data = load_dataset(config.data)
+    # away after round 1's logging, back after round 3's: rounds 2 and 3 wait and go out
+    # with round 4; away again after round 4, for good: round 5 waits in the checkpoint
+    hooks = {1: server.stop, 3: server.start, 4: server.stop}
+    with pytest.raises(StoreAway) as away:
+        run_experiment(config, data, on_round=lambda r: hooks.get(r.round, lambda: None)())
+    err = capsys.readouterr().err
+    assert err.count(f"the tracking server {server.uri} does not answer (") == 2, err
+    assert err.count(f"the tracking server {server.uri} answers again") == 1, err
+    assert "the metrics from round 2 on wait" in err and "from round 5 on wait" in err
+    line = away.value.line
+    assert "the metrics of round 5" in line and f"--tracking-uri {server.uri}" in line
+
+    server.start()
+    client = MlflowClient(server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
+    assert run.info.status == "RUNNING"  # the end could not be recorded either
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "net0/test_acc")]
+    assert steps == [1, 2, 3, 4]  # the outage's rounds, in order, each once
+    saved = load_checkpoint(run.data.tags["graftune.tracking.checkpoint"])
+    assert saved["round"] == ROUNDS and [p["step"] for p in saved["pending"]] == [5]
+
+    resume = stopped_run(client, run.info.run_id)
+    result = run_experiment(config, data, resume=resume)  # no round left: logs and ends
+    history = client.get_metric_history(result.run_id, "net0/test_acc")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5]
+    assert history[-1].value == pytest.approx(saved["history"][-1]["networks"][0]["test_acc"])
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert len(client.get_metric_history(result.run_id, "population/mean_test_acc")) == ROUNDS
