@@ -6,6 +6,7 @@ A real ``mlflow server`` (SQLite behind it, a free local port) is stopped and st
 from the run's round hook, so each outage begins and ends at a known round."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,14 +16,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import smoke_config
+from conftest import empty_store, smoke_args, smoke_config
 from graftune.data import load_dataset
 from graftune.tracking.checkpoint import load_checkpoint
 from graftune.tracking.experiment import run_experiment, stopped_run
 from graftune.tracking.pending import StoreAway
 from graftune.tracking.store import answers
-
-pytestmark = pytest.mark.usefixtures("ray_local")
 
 ROUNDS = 5
 
@@ -44,9 +43,15 @@ class Server:
             *("--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"),
             *("--artifacts-destination", str(self.folder / "artifacts")),
         ]
+        store = self.folder / "mlflow.db"
+        if not store.exists():  # made once per test process: MLflow's migrations take seconds
+            shutil.copyfile(empty_store(), store)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # one process less
         log = (self.folder / "server.log").open("a")
-        # its own process group: the server's uvicorn and job runner go with it
-        self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        # its own process group: the server's uvicorn worker goes with it
+        self.process = subprocess.Popen(
+            argv, stdout=log, stderr=log, env=env, start_new_session=True
+        )
         while not answers(self.uri, timeout_s=1.0):  # readiness, not a race: it must answer
             try:  # a pause between tries that ends early if the server dies
                 self.process.wait(timeout=0.25)
@@ -73,6 +78,7 @@ def server(tmp_path, monkeypatch):
         server.stop()
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
     tmp_path, server, capsys
 ):
@@ -108,3 +114,22 @@ def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
     assert history[-1].value == pytest.approx(saved["history"][-1]["networks"][0]["test_acc"])
     assert client.get_run(result.run_id).info.status == "FINISHED"
     assert len(client.get_metric_history(result.run_id, "population/mean_test_acc")) == ROUNDS
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_a_run_that_ends_while_the_server_is_away_exits_1_with_the_resume_line(
+    tmp_path, monkeypatch, capsys
+):
+    from graftune.commands import run
+    from graftune.population.resources import Layout
+    from graftune.tracking import experiment
+
+    def away(*args, **kwargs):
+        raise StoreAway("graftune: the tracking server ... python -m graftune.run --resume R")
+
+    monkeypatch.setattr(run, "init_ray", lambda verbose: "local Ray")
+    monkeypatch.setattr(run, "fits_local_ray", lambda config: Layout([[0], [1]], {}, False))
+    monkeypatch.setattr(experiment, "run_experiment", away)
+    assert run.main(smoke_args(tmp_path)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "graftune: the tracking server ... python -m graftune.run --resume R"
