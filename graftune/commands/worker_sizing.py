@@ -37,7 +37,9 @@ def fit_workers(config: Config, space: SearchSpace, cluster: dict, where: str) -
     largest = space.largest("num_models", config.population.num_models)
     cpus = config.population.cpus_per_worker
     if not cpus:  # on CPUs a trial has at most a worker per core (cpu_workers)
-        workers = min(largest, cpu_workers(cluster)) if not cluster.get("GPU") else largest
+        asked = config.population.gpus_per_worker
+        on_gpus = asked > 0 or (asked < 0 and cluster.get("GPU", 0) > 0)
+        workers = largest if on_gpus else min(largest, cpu_workers(cluster))
         spare = cluster.get("CPU", 1) - DRIVER_BUNDLE["CPU"]
         cpus = max(0.01, min(1.0, math.floor(spare / workers * 100) / 100))
     config = with_overrides(config, {"cpus_per_worker": cpus})
