@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import empty_store, smoke_args, smoke_config
 from graftune.data import load_dataset
+from graftune.tracking import experiment
 from graftune.tracking.checkpoint import load_checkpoint
 from graftune.tracking.experiment import run_experiment, stopped_run
 from graftune.tracking.pending import StoreAway
@@ -80,7 +81,7 @@ def server(tmp_path, monkeypatch):
 
 @pytest.mark.usefixtures("ray_local")
 def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
-    tmp_path, server, capsys
+    tmp_path, server, capsys, monkeypatch
 ):
     config = smoke_config(
         tmp_path, epochs=ROUNDS, tracking_uri=server.uri, num_models=2, system_metrics=False
@@ -107,8 +108,24 @@ def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
     saved = load_checkpoint(run.data.tags["graftune.tracking.checkpoint"])
     assert saved["round"] == ROUNDS and [p["step"] for p in saved["pending"]] == [5]
 
-    resume = stopped_run(client, run.info.run_id)
-    result = run_experiment(config, data, resume=resume)  # no round left: logs and ends
+    # resumed, with no round left: round 5 goes out, then the server goes away again
+    # while the final results are logged; they wait for the next resume
+    final_results = experiment._log_final_artifacts
+
+    def away_at_the_end(*args):
+        server.stop()
+        final_results(*args)
+
+    monkeypatch.setattr(experiment, "_log_final_artifacts", away_at_the_end)
+    with pytest.raises(StoreAway) as away:
+        run_experiment(config, data, resume=stopped_run(client, run.info.run_id))
+    assert "; the run's final results are saved with round 5 of run" in away.value.line
+    server.start()
+    checkpoint = run.data.tags["graftune.tracking.checkpoint"]
+    assert load_checkpoint(checkpoint)["pending"] == []  # round 5 is out: not sent again
+
+    monkeypatch.setattr(experiment, "_log_final_artifacts", final_results)
+    result = run_experiment(config, data, resume=stopped_run(client, run.info.run_id))
     history = client.get_metric_history(result.run_id, "net0/test_acc")
     assert [m.step for m in history] == [1, 2, 3, 4, 5]
     assert history[-1].value == pytest.approx(saved["history"][-1]["networks"][0]["test_acc"])

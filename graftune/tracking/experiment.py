@@ -232,13 +232,15 @@ def run_experiment(
         result.best = best_network(result.final)
         result.states = population.states()
         if not pending.flush():  # the final results wait with the metrics, for --resume
-            if last_state is not None:
-                save_checkpoint(path, {**last_state, "pending": list(pending.items)})
-            line = away_line(pending.uri, tracker.run_id, pending.steps, saved_round)
-            raise StoreAway(line)
+            raise _store_away(pending, path, last_state or payload, saved_round)
         if tracker.enabled:  # plots and exported models are made only to be logged
-            _log_final_artifacts(tracker, config, result.states, history, records)
-            _log_final_networks(tracker, config, data, result.states, result)
+            try:
+                _log_final_artifacts(tracker, config, result.states, history, records)
+                _log_final_networks(tracker, config, data, result.states, result)
+            except Exception as error:
+                if not pending.went_away(error):
+                    raise
+                raise _store_away(pending, path, last_state or payload, saved_round) from None
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -259,6 +261,15 @@ def run_experiment(
         if restore_interrupt is not None:
             restore_interrupt()
     return result
+
+
+def _store_away(pending: PendingLog, path: str, state, saved_round) -> StoreAway:
+    """The end of a run whose server is away: the last checkpoint (which has everything the
+    final results are made from) is written again with only what still waits, so that
+    ``--resume`` logs each round once."""
+    if path and state is not None:
+        save_checkpoint(path, {**state, "pending": list(pending.items)})
+    return StoreAway(away_line(pending.uri, pending.tracker.run_id, pending.steps, saved_round))
 
 
 def _start_run(tracker, config: Config, data: ImageSet, resume: Resume | None) -> str:

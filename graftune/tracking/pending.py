@@ -6,7 +6,8 @@ still fails while the server does not answer a short probe leaves its round's me
 their step and original timestamp) in a queue. Later rounds only probe the server (one quick
 try) until it answers, then the queue goes out in order, each round once. The queue is part
 of every checkpoint, so a run that ends before the server is back loses nothing:
-``--resume`` logs it.
+``--resume`` logs it. A metric keeps the time it was measured: sent twice (a call that
+failed after the server had stored it), MLflow's SQL stores keep it once.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ class StoreAway(Exception):  # noqa: N818 (a state, as KeyboardInterrupt is)
 
 
 def away_line(uri: str, run_id: str, rounds: list[int], saved_round: int | None) -> str:
-    waiting = f"rounds {rounds[0]}-{rounds[-1]}" if len(rounds) > 1 else f"round {rounds[0]}"
+    waiting = "the run's final results"
+    if rounds:
+        some = f"rounds {rounds[0]}-{rounds[-1]}" if len(rounds) > 1 else f"round {rounds[0]}"
+        waiting = f"the metrics of {some} and {waiting}"
     return (
-        f"graftune: the tracking server {uri} does not answer; the metrics of {waiting} and "
-        f"the run's final results are saved with round {saved_round} of run {run_id}; once it "
-        f"answers, log them with: python -m graftune.run --resume {run_id} --tracking-uri {uri}"
+        f"graftune: the tracking server {uri} does not answer; {waiting} are saved with round "
+        f"{saved_round} of run {run_id}; once it answers, log them with: "
+        f"python -m graftune.run --resume {run_id} --tracking-uri {uri}"
     )
 
 
@@ -90,12 +94,22 @@ class PendingLog:
             )
         return True
 
-    def _went_away(self, error: Exception) -> None:
+    def went_away(self, error: Exception) -> bool:
+        """Whether ``error``, raised by a call outside this queue (the run's final results),
+        came from a server that is away; if so, the run keeps them for ``--resume``."""
+        if not self.remote or answers(self.uri):
+            return False
+        self._went_away(error, "the run's final results wait")
+        return True
+
+    def _went_away(self, error: Exception, what: str = "") -> None:
         if not self.away:
             reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+            what = what or (
+                f"training goes on, and the metrics from round {self.items[0]['step']} on wait"
+            )
             self.say(
                 f"graftune: warning: the tracking server {self.uri} does not answer ({reason}); "
-                f"training goes on, and the metrics from round {self.items[0]['step']} on wait "
-                "until it answers (they are kept in the checkpoints)"
+                f"{what} until it answers (they are kept in the checkpoints)"
             )
         self.away = True
