@@ -12,7 +12,13 @@ reported as unfinished, with what it had reached.
     python benchmarks/bench_many_networks.py --repo OTHER_CHECKOUT --out .../many_networks_before.json
 
 ``--repo`` is put first on the run's PYTHONPATH (and so its workers'), to measure another
-checkout of graftune with this same script.
+checkout of graftune with this same script. ``--before OTHER_CHECKOUT`` measures both, one
+after the other for each K (interleaved, so that both sides see the same load), and
+``--before-ks`` limits the other checkout to some K (a run that cannot finish costs minutes
+and most of the memory):
+
+    python benchmarks/bench_many_networks.py --before OTHER_CHECKOUT --before-ks 2 16 \
+        --out benchmarks/results/many_networks_interleaved.json
 """
 
 from __future__ import annotations
@@ -112,12 +118,18 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 16, 64])
     parser.add_argument("--repo", type=Path, default=ROOT, help="the graftune checkout to run")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds a run may take")
+    parser.add_argument("--before", type=Path, help="another checkout, measured interleaved")
+    parser.add_argument("--before-ks", type=int, nargs="+", help="K for --before (default --ks)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the results")
     args = parser.parse_args()
     results = []
     for k in args.ks:
-        results.append(measure(k, args.repo.resolve(), args.timeout))
-        print(json.dumps(results[-1]), flush=True)
+        sides = [("before", args.before), ("after", args.repo)] if args.before else []
+        for side, repo in sides or [("", args.repo)]:
+            if side == "before" and args.before_ks and k not in args.before_ks:
+                continue
+            results.append({"side": side, **measure(k, repo.resolve(), args.timeout)})
+            print(json.dumps(results[-1]), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             json.dumps(
