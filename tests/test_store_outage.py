@@ -103,6 +103,7 @@ def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
     client = MlflowClient(server.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
     assert run.info.status == "RUNNING"  # the end could not be recorded either
+    assert run.data.tags["graftune.placement"] == "2 networks in 2 workers (one each)"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "net0/test_acc")]
     assert steps == [1, 2, 3, 4]  # the outage's rounds, in order, each once
     saved = load_checkpoint(run.data.tags["graftune.tracking.checkpoint"])
