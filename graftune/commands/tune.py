@@ -4,8 +4,8 @@ python -m graftune.tune --num-samples 20                  # the default space: A
 python -m graftune.tune --search-space searchspaces/table5.yaml --num-models 2   # a grid
 python -m graftune.tune --resume                          # go on with the default search
 
-Each trial reserves a placement group of 1 + num_models bundles (its driver, then one per
-worker), runs :func:`graftune.tracking.experiment.run_experiment` in it as an MLflow run
+Each trial reserves a placement group of one bundle for its driver, then one per worker
+(a worker per network, or per core on CPUs when there are more networks), runs :func:`graftune.tracking.experiment.run_experiment` in it as an MLflow run
 nested under the search's parent run, and reports the population metrics and a checkpoint
 every round. The parts: ``search_setup`` (checks), ``worker_sizing``, ``parent_run``,
 ``tuner``, ``trial`` and ``trial_lines`` (the console).
