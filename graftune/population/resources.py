@@ -1,5 +1,6 @@
 """How many workers a population has, which networks each holds, and what each asks of
-the cluster: CPUs and GPU shares that fit the nodes, fused or one network per worker."""
+the cluster: CPUs and GPU shares that fit the nodes; fused, one network per worker, or on
+CPUs a worker per core with its share of the networks."""
 
 from __future__ import annotations
 
