@@ -151,3 +151,66 @@ def test_a_run_that_ends_while_the_server_is_away_exits_1_with_the_resume_line(
     assert run.main(smoke_args(tmp_path)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "graftune: the tracking server ... python -m graftune.run --resume R"
+
+
+class FlakyStore:
+    """A tracker whose server is away while ``up[0]`` is False."""
+
+    enabled, tracking_uri = True, "http://mlflow.example:5000"
+
+    def __init__(self, up: list[bool]):
+        self.up, self.logged, self.restarts = up, [], 0
+
+    def log_metrics(self, metrics, step, timestamp):
+        if not self.up[0]:
+            raise ConnectionError("connection refused")
+        if metrics.get("bad"):
+            raise ValueError("a metric the server refuses")
+        self.logged.append((step, timestamp))
+
+    def restart_system_metrics(self):
+        self.restarts += 1
+
+
+def test_waiting_metrics_go_out_in_order_with_their_own_time_and_the_sampler_restarts(
+    monkeypatch,
+):
+    from graftune.tracking import pending
+    from graftune.tracking.pending import PendingLog
+
+    up = [True]
+    monkeypatch.setattr(pending, "answers", lambda uri: up[0])
+    store, lines = FlakyStore(up), []
+    log = PendingLog(store, say=lines.append)
+    assert log.log({"acc": 0.1}, 1)
+    up[0] = False
+    assert not log.log({"acc": 0.2}, 2) and not log.log({"acc": 0.3}, 3)
+    assert log.steps == [2, 3] and len(lines) == 1 and "from round 2 on wait" in lines[0]
+    times = [item["timestamp"] for item in log.items]
+    up[0] = True
+    assert log.log({"acc": 0.4}, 4) and log.steps == []
+    assert [step for step, _ in store.logged] == [1, 2, 3, 4]
+    assert [t for step, t in store.logged if step in (2, 3)] == times  # when measured
+    assert store.restarts == 1 and len(lines) == 2 and "answers again" in lines[1]
+    with pytest.raises(ValueError, match="refuses"):  # a server that answers and refuses
+        log.log({"bad": 1.0}, 5)
+
+
+def test_system_metrics_start_again_when_mlflows_sampler_gave_up(tmp_path):
+    import threading
+
+    from graftune.tracking.tracker import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.start_system_metrics()
+    tracker.restart_system_metrics()  # still sampling: left alone
+    first = tracker.monitor
+    ended = threading.Thread(target=lambda: None)  # as MLflow's loop ends when a call fails
+    ended.start()
+    ended.join()
+    first.finish()
+    first._process = ended
+    assert first.stopped
+    tracker.restart_system_metrics()
+    assert tracker.monitor is not first and not tracker.monitor.stopped
+    tracker.finish()

@@ -48,5 +48,8 @@ class NullTracker:
     def start_system_metrics(self, resume: bool = False) -> None:
         pass
 
+    def restart_system_metrics(self) -> None:
+        pass
+
     def finish(self, status: str = "FINISHED") -> None:
         pass

@@ -89,6 +89,7 @@ class PendingLog:
             self.items.pop(0)
         if self.away:
             self.away = False
+            self.tracker.restart_system_metrics()  # MLflow's sampler gave up while it was away
             self.say(
                 f"graftune: the tracking server {self.uri} answers again; waiting metrics logged"
             )

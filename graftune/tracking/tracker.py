@@ -245,6 +245,13 @@ class Tracker:
         )
         self.monitor.start()
 
+    def restart_system_metrics(self) -> None:
+        """Sample again, continuing the steps, if the sampling gave up while the tracking
+        server was away."""
+        if self.monitor is not None and self.monitor.stopped:
+            self.monitor = None
+            self.start_system_metrics(resume=True)
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.monitor is not None:  # before the run ends: its last sample still lands
             self.monitor.finish()
