@@ -4,6 +4,7 @@ imports itself back through others."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import graftune
@@ -124,3 +125,17 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
         test_imports_point_down()
     with pytest.raises(AssertionError):
         test_no_import_cycles()
+
+
+def test_the_code_refers_to_nothing_outside_the_repository():
+    """Comments and messages stand on their own: no issue numbers, no documents reached
+    through ``../`` (they are not where the package is installed), no paths of one machine."""
+    outside = re.compile(r"\bissues? #?\d+|#\d{2,}\b|\.\./|/work/|/home/|/Users/", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*"))
+        if path.suffix in (".py", ".yaml", ".md")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert found == []

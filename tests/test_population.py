@@ -193,6 +193,9 @@ def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
     # CPUs: one worker per network unless --fuse on; no GPU up yet (an autoscaling
     # cluster): one worker per network, each asking for its GPU
     assert layout({"CPU": 4}) == ([[0], [1], [2], [3]], {"CPU": 1.0}, False)
+    # more networks than cores: a worker per core, each training its share in turn
+    assert layout({"CPU": 2}) == ([[0, 1], [2, 3]], {"CPU": 1.0}, False)
+    assert layout({"CPU": 2}, asynchronous=True)[0] == [[0], [1], [2], [3]]  # paced alone
     assert layout({"CPU": 4}, fuse="on") == ([[0, 1, 2, 3]], {"CPU": 4.0}, True)
     cold = layout({"CPU": 4}, gpus_per_worker=1, cpus_per_worker=3)
     assert cold == ([[0], [1], [2], [3]], {"CPU": 3.0, "GPU": 1.0}, False)
@@ -211,6 +214,33 @@ def test_worker_layout_puts_the_networks_of_a_gpu_in_one_fused_worker():
         assert why in worker_layout(config, one_gpu).note
         assert len(trial_resources({}, config, one_gpu).bundles) == 1 + 4  # sized to match
     assert worker_layout(with_overrides(base, {"num_models": 4}), one_gpu).note == ""
+
+
+def test_more_networks_than_cores_share_one_worker_per_core():
+    """64 networks on 2 cores: 2 worker processes, not 64 (each costs hundreds of MB)."""
+    from graftune.commands.trial import trial_resources
+    from graftune.population.resources import placement_line, worker_layout
+
+    config = with_overrides(Config(), {"model": "tiny_cnn", "num_models": 64})
+    layout = worker_layout(config, {"CPU": 2})
+    assert layout.groups == [list(range(32)), list(range(32, 64))]
+    assert layout.resources == {"CPU": 1.0} and not layout.fused
+    line = "64 networks in 2 workers (32 per worker, trained one after another)"
+    assert placement_line(layout) == line
+    odd = worker_layout(with_overrides(config, {"num_models": 5}), {"CPU": 2.5})
+    assert (
+        placement_line(odd) == "5 networks in 2 workers (2-3 per worker, trained one after another)"
+    )
+    assert placement_line(worker_layout(config, {"CPU": 64})).endswith("(one each)")
+    # a Tune trial: its driver, then a bundle per worker, not per network
+    assert (
+        len(
+            trial_resources(
+                {}, with_overrides(config, {"cpus_per_worker": 0.5}), {"CPU": 2}
+            ).bundles
+        )
+        == 3
+    )
 
 
 def test_resume_keeps_the_settings_of_the_last_resume(tmp_path):

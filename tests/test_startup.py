@@ -2,12 +2,14 @@
 (exit code 1), and the libraries' start-up chatter stays off the console unless --verbose."""
 
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import ONE_WORKER, smoke_args
+from conftest import ONE_WORKER, refused, smoke_args
 from graftune.commands import reproduce, run, startup
 from graftune.data import DataError
 
@@ -109,3 +111,82 @@ def test_rays_worker_death_message_is_dropped_and_others_pass(monkeypatch, capsy
     ray_worker.print_to_stdstream(death, False)
     ray_worker.print_to_stdstream(other, False)
     assert printed == [other]
+
+
+# --- the tracking store at start-up: a server that does not answer, nothing left behind ---
+
+
+SPACE = Path(__file__).parents[1] / "searchspaces" / "table5.yaml"
+
+
+def silent_port() -> int:
+    """A local port where nothing listens (bound, then let go)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.usefixtures("no_ray")
+@pytest.mark.parametrize("command", ["run", "tune", "reproduce"])
+def test_a_tracking_server_that_does_not_answer_is_one_line(tmp_path, capsys, command):
+    """One try, no retries: MLflow's client would retry for minutes before it said so."""
+    from graftune.commands import tune
+
+    uri = f"http://127.0.0.1:{silent_port()}"
+    argv = smoke_args(tmp_path, "--tracking-uri", uri)
+    main = {"run": run.main, "tune": tune.main, "reproduce": reproduce.main}[command]
+    if command == "reproduce":
+        argv = ["table4", *argv]
+    if command == "tune":
+        argv += ["--storage-path", str(tmp_path / "tune"), "--search-space", str(SPACE)]
+    err = refused(capsys, main, argv)
+    assert err == (
+        f"graftune: error: --tracking-uri {uri} does not answer (connection refused or host "
+        "not found); start the server or fix the URI"
+    )
+
+
+def test_a_server_that_accepts_but_never_answers_is_refused_after_one_timeout():
+    from graftune.config import ConfigError
+    from graftune.tracking.store import probe_server
+
+    with socket.socket() as listening:  # connections queue up; nobody ever reads them
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        uri = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        with pytest.raises(ConfigError, match=r"does not answer \(no answer in 0.2 s\)"):
+            probe_server(uri, timeout_s=0.2)
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_a_run_refused_for_its_data_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    """No store, no folder, no checkpoint: the store is made only when the run starts."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "runs" / "mlflow.db"  # a folder that MLflow would make with the store
+    argv = [
+        *smoke_args(tmp_path, fresh_store=True),
+        *("--tracking-uri", f"sqlite:///{store}"),
+        *("--dataset", "imagefolder", "--data-dir", str(tmp_path / "no-such-folder")),
+    ]
+    assert "--data-dir" in refused(capsys, run.main, argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_a_run_refused_for_its_settings_leaves_no_default_store(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = ["--model", "tiny_cnn", "--dataset", "synthetic", "--epochs", "0"]
+    assert "--epochs" in refused(capsys, run.main, argv)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_store_in_a_folder_that_cannot_be_made_is_refused(tmp_path):
+    from graftune.config import ConfigError
+    from graftune.tracking.store import open_store
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is not a folder that can be written"):
+        open_store(f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
+    assert open_store(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}") is None
+    assert not (tmp_path / "new").exists()

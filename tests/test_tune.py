@@ -217,13 +217,15 @@ def test_a_trial_too_large_for_a_local_ray_is_refused(tmp_path, monkeypatch):
         fit("cpus_per_worker: {choice: [0.25, 1000]}\n")
     with pytest.raises(ConfigError, match="a trial with 2 workers .* needs"):
         fit("cpus_per_worker: {uniform: [0.1, 600]}\n")  # a range: its upper end
-    with pytest.raises(ConfigError, match="a trial with 3 workers .*cpus_per_worker=0.4"):
-        fit("num_models: {choice: [2, 3]}\ncpus_per_worker: {choice: [0.1, 0.4]}\n")
+    with pytest.raises(ConfigError, match="a trial with 2 workers .*cpus_per_worker=0.6"):
+        fit("num_models: {choice: [2, 3]}\ncpus_per_worker: {choice: [0.1, 0.6]}\n")
     # pairs that vary together are checked as pairs: each of these trials fits
     fitted = fit(
         "grid: [{num_models: 3, cpus_per_worker: 0.3}, {num_models: 2, cpus_per_worker: 0.5}]\n"
     )
-    assert fitted.population.cpus_per_worker == 0.33  # the fixed share, for the largest trial
+    # the fixed share, for the largest trial's workers: 2 on 2 cores, whatever its K
+    assert fitted.population.cpus_per_worker == 0.5
+    assert fit("num_models: {choice: [2, 64]}\n").population.cpus_per_worker == 0.5
 
 
 # --- the end of a search: best.json and the report before the registry ---
@@ -347,3 +349,43 @@ def test_resume_warns_of_the_flags_it_ignores(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert config.train.epochs == 2 and config.train.lr == 0.05  # the stored settings win
     assert len(err.splitlines()) == 1 and "ignoring --epochs, --lr" in err, err
+
+
+def test_without_a_search_space_the_default_one_is_searched_and_said_first(
+    tmp_path, capsys, monkeypatch
+):
+    """``python -m graftune.tune`` alone searches A, c, lr and K, and its first line says so
+    (the trials themselves are left out: the tuner is stopped before it starts any)."""
+
+    class Stop(Exception):
+        pass
+
+    def tuner(args, config, data, state, cluster):
+        assert sorted(state.space.settings) == ["A", "c", "lr", "num_models"]
+        raise Stop
+
+    monkeypatch.setattr(tune_command, "init_ray", lambda verbose: "local Ray (2 CPUs)")
+    monkeypatch.setattr(tune_command.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(tune_command, "make_tuner", tuner)
+    argv = smoke_args(tmp_path, "--storage-path", str(tmp_path / "tune"), "--num-samples", "2")
+    del argv[argv.index("--lr") : argv.index("--lr") + 2]  # lr is searched
+    with pytest.raises(Stop):
+        tune_command.main(argv)
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(
+        "graftune.tune: starting search 'default' of the default search space "
+        "(A, c, lr, num_models): 2 trials"
+    ), first
+
+
+def test_the_default_search_space_is_package_data():
+    """Installed from a wheel, graftune has no searchspaces/ folder beside it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from graftune.commands.searchspace import DEFAULT_SPACE
+
+    assert Path(DEFAULT_SPACE).is_file()
+    root = Path(__file__).parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["graftune"]
+    assert Path(DEFAULT_SPACE).relative_to(root / "graftune").as_posix() in data

@@ -8,6 +8,7 @@ python -m graftune.run --resume RUN_ID                     # continue a stopped 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,7 +22,11 @@ from graftune.data import ImageSet
 from graftune.models import list_models
 from graftune.tracking.checkpoint import Resume, check_compatible
 from graftune.tracking.interrupt import EXIT_INTERRUPTED, RunStopped, exit_on_interrupt
+from graftune.tracking.store import resolve_tracking_uri
 from graftune.tracking.tracker import browse_command
+
+if TYPE_CHECKING:  # the population layer imports torch: a refused run does not wait for it
+    from graftune.population.resources import Layout
 
 console = Console(stderr=True)
 
@@ -44,6 +49,12 @@ def configure(startup: Startup) -> Config:
     typed = config_from_args(args)  # --config and the flags: --resume may come from either
     if typed.population.resume:  # the checkpoint's settings, then the file and the flags
         store = startup.store(typed.tracking.tracking_uri)
+        if store is None:
+            raise ConfigError(
+                f"--resume {typed.population.resume}: no such MLflow run (the store "
+                f"{resolve_tracking_uri(typed.tracking.tracking_uri)} does not exist; "
+                "check --tracking-uri)"
+            )
         startup.extra = stopped_run(store, typed.population.resume)
         typed = config_from_args(args, from_flat(startup.extra.payload["config"]))
     config = validate(typed, known_models=list_models())
@@ -83,16 +94,19 @@ def main(argv: list[str] | None = None) -> int:
 def train(argv: list[str] | None) -> int:
     startup = checked(argv)
     config, data, resume = startup.config, startup.data, startup.extra
+    from graftune.population.resources import placement_line
     from graftune.tracking.experiment import run_experiment
+    from graftune.tracking.pending import StoreAway
 
     where = init_ray(verbose=startup.args.verbose)
     with bad_input_is_one_line():
-        fits_local_ray(config)
+        layout = fits_local_ray(config)
     console.print(
         f"graftune: {config.population.num_models} x {config.model.model} on "
         f"{config.data.dataset} ({len(data.train_labels)} train / {len(data.test_labels)} test "
         f"images), {where}"
     )
+    console.print(f"graftune: {placement_line(layout)}")
     columns = (TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, TextColumn("{task.description}"), console=console) as progress:
         task = progress.add_task("starting workers", total=None)
@@ -113,14 +127,19 @@ def train(argv: list[str] | None) -> int:
             if not console.is_terminal:  # job logs (ray job submit, files) get a line a round
                 console.print(f"round {result.round}/{progress.tasks[0].total}: {text}")
 
-        result = run_experiment(config, data, on_round, on_start, resume=resume)
+        try:
+            result = run_experiment(config, data, on_round, on_start, resume=resume)
+        except StoreAway as away:  # nothing is lost: the checkpoint holds what waits
+            progress.stop()
+            print(away.line, file=sys.stderr)
+            return 1
     print_summary(result)
     return 0
 
 
-def fits_local_ray(config: Config) -> None:
-    """Workers that ask for more than a local Ray has would wait for ever (a cluster may
-    still grow): refuse them now, naming the settings."""
+def fits_local_ray(config: Config) -> Layout:
+    """The workers of the run; those that ask for more than a local Ray has would wait for
+    ever (a cluster may still grow): refuse them now, naming the settings."""
     import ray
 
     from graftune.population.resources import largest_node_cpus, worker_layout
@@ -133,6 +152,7 @@ def fits_local_ray(config: Config) -> None:
             f"{len(layout.groups)} workers of {layout.resources} need {needs}, but this "
             f"machine has {have}; lower --cpus-per-worker, --gpus-per-worker or --num-models"
         )
+    return layout
 
 
 def print_summary(result) -> None:

@@ -12,7 +12,7 @@ from ray import tune
 from graftune.commands.cli import config_from_args, typed_settings
 from graftune.commands.search_report import SOUP_METRIC
 from graftune.commands.search_state import STATE_FILE, SearchState
-from graftune.commands.searchspace import load_search_space
+from graftune.commands.searchspace import DEFAULT_SPACE, load_search_space
 from graftune.commands.startup import writable_folder
 from graftune.config import (
     Config,
@@ -37,16 +37,14 @@ def prepare(args: argparse.Namespace) -> tuple[Config, SearchState]:
         )
     writable_folder(args.storage_path, "--storage-path")  # Tune and the state file write there
     storage = Path(args.storage_path).expanduser().resolve()
-    name = args.name or (Path(args.search_space).stem if args.search_space else "")
-    if not name:
-        raise ConfigError("--search-space is required (or --name with --resume)")
+    if not args.search_space and not args.resume_search:
+        args.search_space = DEFAULT_SPACE  # the tune command's first line says so
+    name = args.name or Path(args.search_space or DEFAULT_SPACE).stem
     path = storage / name
     writable_folder(str(path), "--name")
     check_search_flags(args)
     if args.resume_search:
         return resumed(args, path)
-    if not args.search_space:
-        raise ConfigError("--search-space is required")
     if tune.Tuner.can_restore(str(path)):
         raise ConfigError(
             f"--name {name}: a search already exists at {path}; "
@@ -63,9 +61,14 @@ def prepare(args: argparse.Namespace) -> tuple[Config, SearchState]:
     fixed = sorted(set(typed_settings(args)) & set(space.settings))
     if fixed:
         raise ConfigError(
-            f"{flag_name(fixed[0])} is searched by {args.search_space}; drop the flag or the key"
+            f"{flag_name(fixed[0])} is searched by {space_name(args.search_space)}; drop the "
+            "flag, or give a --search-space without it"
         )
     return absolute_paths(config, path), SearchState(name, str(path), space=space)
+
+
+def space_name(path: str) -> str:
+    return "the default search space" if path == DEFAULT_SPACE else path
 
 
 def resumed(args: argparse.Namespace, path: Path) -> tuple[Config, SearchState]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -43,6 +44,9 @@ NOT_SEARCHABLE = {
     "register_model": "the search registers its best trial's network once; use --register-model",
 }
 DATA_SECTION = "data"  # loaded once at start-up and shared by every trial
+# Searched when --search-space is not given: A, c, lr and K. Package data, so that it is
+# there wherever graftune is installed, not only in a clone of the repository.
+DEFAULT_SPACE = str(Path(__file__).resolve().parents[1] / "searchspaces" / "default.yaml")
 
 
 class SearchSpaceError(ConfigError):

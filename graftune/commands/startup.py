@@ -21,7 +21,7 @@ from graftune.commands.cli import fail
 from graftune.commands.libraries import quiet_libraries
 from graftune.config import Config, ConfigError
 from graftune.data import DataError, ImageSet, load_dataset
-from graftune.tracking.tracker import open_store, resolve_tracking_uri
+from graftune.tracking.store import open_store, resolve_tracking_uri
 
 
 @contextmanager
@@ -48,19 +48,22 @@ class Startup:
     config: Config = field(default_factory=Config)
     data: ImageSet | None = None
     extra: Any = None
-    _stores: dict[str, MlflowClient] = field(default_factory=dict, repr=False)
+    _stores: dict[str, MlflowClient | None] = field(default_factory=dict, repr=False)
 
-    def store(self, tracking_uri: str) -> MlflowClient:
-        """The tracking store, opened and checked once per command (a resume reads the
-        stopped run from it before the settings are known; the check then reuses it)."""
+    def store(self, tracking_uri: str) -> MlflowClient | None:
+        """The tracking store, checked once per command without writing to it (a resume
+        reads the stopped run from it before the settings are known; the check then reuses
+        it); None for a SQLite store that the run will make."""
         resolved = resolve_tracking_uri(tracking_uri)
         if resolved not in self._stores:
             self._stores[resolved] = open_store(resolved)
         return self._stores[resolved]
 
 
-def check_experiment(client: MlflowClient, config: Config) -> None:
+def check_experiment(client: MlflowClient | None, config: Config) -> None:
     """MLflow refuses to log into a deleted experiment, and would say so only once Ray is up."""
+    if client is None:  # a store not made yet holds no experiment
+        return
     name = config.tracking.experiment
     experiment = client.get_experiment_by_name(name)
     if experiment is not None and experiment.lifecycle_stage == "deleted":

@@ -39,7 +39,8 @@ DRIVER_BUNDLE = {"CPU": 1.0}  # the trial's own process: it waits on its workers
 
 def trial_resources(params: dict[str, Any], base: Config, cluster: dict):
     """One bundle for the trial's driver, then one per worker of its own population: one
-    per network, or one per GPU when the networks are fused."""
+    per network, one per core on CPUs when there are more networks than cores, or one per
+    GPU when the networks are fused (:func:`~graftune.population.resources.worker_layout`)."""
     config = trial_config(base, params)
     layout = worker_layout(config, cluster)
     bundles = [dict(DRIVER_BUNDLE)] + [dict(layout.resources) for _ in layout.groups]

@@ -1,11 +1,11 @@
 """``python -m graftune.tune``: search grafting settings with Ray Tune; a trial is one population.
 
-python -m graftune.tune --search-space searchspaces/default.yaml --num-samples 20
+python -m graftune.tune --num-samples 20                  # the default space: A, c, lr, K
 python -m graftune.tune --search-space searchspaces/table5.yaml --num-models 2   # a grid
-python -m graftune.tune --search-space searchspaces/default.yaml --resume        # go on
+python -m graftune.tune --resume                          # go on with the default search
 
-Each trial reserves a placement group of 1 + num_models bundles (its driver, then one per
-worker), runs :func:`graftune.tracking.experiment.run_experiment` in it as an MLflow run
+Each trial reserves a placement group of one bundle for its driver, then one per worker
+(a worker per network, or per core on CPUs when there are more networks), runs :func:`graftune.tracking.experiment.run_experiment` in it as an MLflow run
 nested under the search's parent run, and reports the population metrics and a checkpoint
 every round. The parts: ``search_setup`` (checks), ``worker_sizing``, ``parent_run``,
 ``tuner``, ``trial`` and ``trial_lines`` (the console).
@@ -20,6 +20,7 @@ from graftune.commands.libraries import init_ray
 from graftune.commands.parent_run import INTERRUPTED, interrupted, start_search, stopped
 from graftune.commands.search_report import METRICS, SOUP_METRIC, report_best
 from graftune.commands.search_setup import prepare
+from graftune.commands.searchspace import DEFAULT_SPACE
 from graftune.commands.startup import Startup, bad_input_is_one_line, start
 from graftune.commands.trial_lines import TrialLines, console
 from graftune.commands.tuner import make_tuner
@@ -37,7 +38,11 @@ def build_parser() -> OneLineParser:
         "one population. Settings not in the search space stay fixed at their flags.",
     )
     add = parser.add_argument_group("search").add_argument
-    add("--search-space", help="YAML search space (see searchspaces/README.md)")
+    add(
+        "--search-space",
+        help="YAML search space (see searchspaces/README.md); default: A, c, lr and "
+        "num_models (graftune/searchspaces/default.yaml)",
+    )
     add(
         "--num-samples",
         type=int,
@@ -108,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         state = start_search(args, config, state.space, state)
     tracker = Tracker(config.tracking.tracking_uri, run_id=state.parent_run_id)
     verb, trials = "resuming" if args.resume_search else "starting", state.trials
+    space = ""
+    if state.space is not None and state.space.path == DEFAULT_SPACE:
+        space = f" of the default search space ({', '.join(state.space.settings)})"
     console.print(
-        f"graftune.tune: {verb} search '{state.name}': {trials} trial{'s' * (trials != 1)}, "
+        f"graftune.tune: {verb} search '{state.name}'{space}: {trials} "
+        f"trial{'s' * (trials != 1)}, "
         f"{state.searcher}, {config.model.model} on {config.data.dataset} "
         f"({len(data.train_labels)} train images), {where}"
     )

@@ -70,6 +70,7 @@ class Population:
         layout = worker_layout(
             self.config, ray.cluster_resources(), largest_node_cpus(), num_workers
         )
+        self.layout = layout
         self.groups, self.resources, self.fused = layout.groups, layout.resources, layout.fused
         self.fuse_note = layout.note
         if self.fuse_note:

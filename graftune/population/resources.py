@@ -1,5 +1,6 @@
 """How many workers a population has, which networks each holds, and what each asks of
-the cluster: CPUs and GPU shares that fit the nodes, fused or one network per worker."""
+the cluster: CPUs and GPU shares that fit the nodes; fused, one network per worker, or on
+CPUs a worker per core with its share of the networks."""
 
 from __future__ import annotations
 
@@ -13,21 +14,24 @@ from graftune.training.fused import fusable
 
 
 def worker_resources(
-    config: Config, cluster: dict[str, float], largest_node_cpus: float | None = None
+    config: Config,
+    cluster: dict[str, float],
+    largest_node_cpus: float | None = None,
+    num_workers: int | None = None,
 ) -> dict[str, float]:
-    """CPUs and GPUs of one worker.
+    """CPUs and GPUs of one of ``num_workers`` workers (default: one per network).
 
     A GPU each when the cluster has K of them, else an even share of its GPUs, with at most
     one CPU (data and augmentation live on the GPU). Without GPUs, an even share of the
-    cluster's CPUs, fractions allowed so K may exceed the core count, and never more than
-    the largest node holds, so that every worker fits on some node of a cluster with
-    unequal nodes.
+    cluster's CPUs, and never more than the largest node holds, so that every worker fits on
+    some node of a cluster with unequal nodes.
     """
     p = config.population
+    workers = num_workers or p.num_models
     gpus = p.gpus_per_worker
     if gpus < 0:
         gpus = gpu_share(cluster.get("GPU", 0), p.num_models)
-    share = cluster.get("CPU", 1) / p.num_models
+    share = cluster.get("CPU", 1) / workers
     if largest_node_cpus:
         share = min(share, largest_node_cpus)
     share = max(0.01, int(share * 100) / 100)
@@ -63,6 +67,32 @@ def largest_node_cpus() -> float:
     return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
 
 
+def cpu_workers(cluster: dict[str, float]) -> int:
+    """The most unfused CPU workers a run starts: one per core that Ray gives it. A worker
+    process costs hundreds of MB and seconds of start-up before its first network; beyond
+    the cores, more of them only take turns, so extra networks share a worker instead
+    (trained one after another, each as it would be alone)."""
+    return max(1, int(cluster.get("CPU", 1)))
+
+
+def contiguous(k: int, count: int) -> list[list[int]]:
+    """Networks 0..k-1 in ``count`` even, contiguous groups, in ring order."""
+    return [list(range(k))[w * k // count : (w + 1) * k // count] for w in range(count)]
+
+
+def placement_line(layout: Layout) -> str:
+    """How the networks were placed, in words, for the start-up line."""
+    k, count = sum(len(g) for g in layout.groups), len(layout.groups)
+    sizes = sorted({len(g) for g in layout.groups})
+    each = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    workers = f"{k} network{'s' * (k != 1)} in {count} worker{'s' * (count != 1)}"
+    if layout.fused:
+        return f"{workers} (fused: {each} per worker, trained in one step)"
+    if sizes == [1]:
+        return f"{workers} (one each)"
+    return f"{workers} ({each} per worker, trained one after another)"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Which networks each worker holds, what one worker asks of the cluster, whether the
@@ -85,8 +115,10 @@ def worker_layout(
     Fused (``--fuse on``, or ``auto`` with GPUs in the cluster and ``--gpus-per-worker``
     not 0): one worker per GPU (per ``--gpus-per-worker`` GPUs, if set), up to K, holding
     an even, contiguous share of the networks (K = 8 on 2 GPUs: two workers of four), or
-    one worker for all of them on CPUs. Unfused: one worker per network, as before; also
-    where a setting needs that or the model cannot be fused (said in ``note``).
+    one worker for all of them on CPUs. Unfused (also where a setting needs that or the model
+    cannot be fused, said in ``note``): one worker per network on GPUs and for
+    ``--asynchronous``; on CPUs at most one worker per core (:func:`cpu_workers`), each
+    training its share of the networks one after another.
     ``num_workers`` fixes the count (a Tune trial's placement group already has it, from
     this same function).
     """
@@ -98,12 +130,16 @@ def worker_layout(
     if wanted and not note and (why := fusable(config.model.model)):
         note = f"{config.model.model} cannot be fused ({why})"
     if not wanted or note:
-        resources = worker_resources(config, cluster, largest_node_cpus)
-        note = f"{note}: one network per worker" if note else ""
-        return Layout([[i] for i in range(k)], resources, False, note)
+        count = num_workers or k
+        if not on_gpus and not p.asynchronous:  # asynchronous rounds pace each network alone
+            count = num_workers or min(k, cpu_workers(cluster))
+        resources = worker_resources(config, cluster, largest_node_cpus, count)
+        if note:
+            note = f"{note}: {'one network per worker' if count == k else 'unfused'}"
+        return Layout(contiguous(k, count), resources, False, note)
     per_worker = asked if asked > 0 else 1.0
     count = num_workers or (max(1, min(k, int(gpus / per_worker))) if on_gpus else 1)
-    groups = [list(range(k))[w * k // count : (w + 1) * k // count] for w in range(count)]
+    groups = contiguous(k, count)
     cpus = cluster.get("CPU", 1) / count
     if largest_node_cpus:
         cpus = min(cpus, largest_node_cpus)

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from graftune.config import Config, ConfigError, flatten
 from graftune.data import ImageSet
 from graftune.population.population import Population, RoundResult
+from graftune.population.resources import placement_line
 from graftune.population.rounds import run_population
 from graftune.tracking.checkpoint import (
     Resume,
@@ -37,6 +38,7 @@ from graftune.tracking.interrupt import RunStopped, exit_on_interrupt, stopped_l
 from graftune.tracking.lease import DriverLease, acquire, lease_path
 from graftune.tracking.logged_models import best_network, log_networks, log_soup
 from graftune.tracking.null_tracker import NullTracker
+from graftune.tracking.pending import PendingLog, StoreAway, away_line
 from graftune.tracking.tracker import (
     BEST_MODEL_ID_TAG,
     BEST_MODEL_TAG,
@@ -45,10 +47,12 @@ from graftune.tracking.tracker import (
     Tracker,
     open_tracker,
     resolve_tracking_uri,
+    round_metrics,
 )
 
 RECORDS_ARTIFACT = "grafting/entropy_alpha.csv"
 WORKERS_TAG = "graftune.workers"  # where each network ran: node, device, threads
+PLACEMENT_TAG = "graftune.placement"  # the same in words: "64 networks in 2 workers (...)"
 FUSE_TAG = "graftune.fuse"  # why the networks were not fused where they would have been
 
 
@@ -184,16 +188,19 @@ def run_experiment(
     history = list(payload["history"]) if payload else []
     records = list(payload["records"]) if payload else []
     result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
+    pending = PendingLog(tracker, payload.get("pending") if payload else None)
+    pending.flush()  # what the stopped run could not log, before its next round
     tracker.set_description(run_description(config, data, history))
     population = Population(config, ray.put(data), data.test_labels, placement, bundle_offset)
     status, saved_round = "FAILED", payload["round"] if payload else None  # last checkpoint
-    restore_interrupt = None
+    restore_interrupt, last_state = None, None
     try:
         if config.tracking.system_metrics:  # inside the try: finish() stops the sampling
             tracker.start_system_metrics(resume=payload is not None)
         population.start(ready_timeout_s)
         result.worker_info = population.info
         tracker.set_tag(WORKERS_TAG, json.dumps(population.info))
+        tracker.set_tag(PLACEMENT_TAG, placement_line(population.layout))
         if population.fuse_note:
             tracker.set_tag(FUSE_TAG, population.fuse_note)
         if payload is not None:
@@ -203,30 +210,39 @@ def run_experiment(
             on_start(population, population.num_rounds)
 
         def finish_round(round_result: RoundResult) -> None:
-            nonlocal saved_round
+            nonlocal saved_round, last_state
             add_best_over_rounds(history, round_result)
             history.append(round_result.as_history())
             records.extend(round_result.records)
             result.soup = round_result.soup if round_result.soup is not None else result.soup
             result.events.extend(round_result.events)
-            tracker.log_round(round_result.round, round_result.networks, round_result.population)
+            pending.log(
+                round_metrics(round_result.networks, round_result.population), round_result.round
+            )
             logged = LoggedRound(**vars(round_result), run_id=tracker.run_id)
             last = round_result.round == population.num_rounds
             due = last or round_result.round % config.population.checkpoint_every == 0
             if path and due:
                 state = _payload(config, round_result.round, population, history, records)
-                state["resumes"] = resumes
+                state.update(resumes=resumes, pending=list(pending.items))
                 logged.checkpoint = str(save_checkpoint(path, state))
-                saved_round = round_result.round
+                saved_round, last_state = round_result.round, state
             if on_round is not None:
                 on_round(logged)
 
         run_population(population, first_round, finish_round)
         result.best = best_network(result.final)
         result.states = population.states()
+        if not pending.flush():  # the final results wait with the metrics, for --resume
+            raise _store_away(pending, path, last_state or payload, saved_round)
         if tracker.enabled:  # plots and exported models are made only to be logged
-            _log_final_artifacts(tracker, config, result.states, history, records, result.soup)
-            _log_final_networks(tracker, config, data, result.states, result)
+            try:
+                _log_final_artifacts(tracker, config, result.states, history, records, result.soup)
+                _log_final_networks(tracker, config, data, result.states, result)
+            except Exception as error:
+                if not pending.went_away(error):
+                    raise
+                raise _store_away(pending, path, last_state or payload, saved_round) from None
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -235,17 +251,27 @@ def run_experiment(
         raise stop from None
     finally:
         population.shutdown()  # first: the workers go even if the store below is slow
-        tracker.set_description(
-            run_description(
-                config, data, history, status, result.best, tracker.run_id, result.registered
+        if not pending.away:  # else the run stays RUNNING, for --resume to finish it
+            tracker.set_description(
+                run_description(
+                    config, data, history, status, result.best, tracker.run_id, result.registered
+                )
             )
-        )
-        tracker.finish(status)
+            tracker.finish(status)
         if lease is not None:
             lease.release()
         if restore_interrupt is not None:
             restore_interrupt()
     return result
+
+
+def _store_away(pending: PendingLog, path: str, state, saved_round) -> StoreAway:
+    """The end of a run whose server is away: the last checkpoint (which has everything the
+    final results are made from) is written again with only what still waits, so that
+    ``--resume`` logs each round once."""
+    if path and state is not None:
+        save_checkpoint(path, {**state, "pending": list(pending.items)})
+    return StoreAway(away_line(pending.uri, pending.tracker.run_id, pending.steps, saved_round))
 
 
 def _start_run(tracker, config: Config, data: ImageSet, resume: Resume | None) -> str:

@@ -24,7 +24,7 @@ class NullTracker:
     def set_tag(self, key: str, value: str) -> None:
         pass
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp: int = 0) -> None:
         pass
 
     def log_round(self, step: int, networks: list[dict], population: dict[str, float]) -> None:
@@ -46,6 +46,9 @@ class NullTracker:
         pass
 
     def start_system_metrics(self, resume: bool = False) -> None:
+        pass
+
+    def restart_system_metrics(self) -> None:
         pass
 
     def finish(self, status: str = "FINISHED") -> None:

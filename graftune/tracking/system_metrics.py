@@ -21,6 +21,13 @@ class SystemMetrics(SystemMetricsMonitor):
 
     logged = 0  # samples published so far
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the sampling thread has ended before :meth:`finish`: MLflow's loop gives
+        up for good when a call to the tracking server fails."""
+        thread = getattr(self, "_process", None)
+        return thread is not None and not thread.is_alive()
+
     def publish_metrics(self, metrics) -> None:
         super().publish_metrics(metrics)
         self.logged += 1

@@ -7,7 +7,6 @@ a Tune trial can own a nested run while its parent search owns another.
 from __future__ import annotations
 
 import csv
-import os
 import tempfile
 import time
 import warnings
@@ -26,9 +25,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from graftune.config import Config, ConfigError
+from graftune.config import Config
+from graftune.tracking.store import resolve_tracking_uri
 
-DEFAULT_STORE = "mlflow.db"  # SQLite file in the working directory: MLflow 3 has no ./mlruns store
 PARENT_TAG = "mlflow.parentRunId"
 CHECKPOINT_TAG = "graftune.tracking.checkpoint"
 BEST_MODEL_TAG = "graftune.best_model"  # net{k} with the best final test accuracy
@@ -36,28 +35,15 @@ BEST_MODEL_ID_TAG = "graftune.best_model_id"  # its logged model: models:/<id>
 REGISTERED_TAG = "graftune.registered_model"  # "NAME/VERSION" of --register-model
 
 
-def resolve_tracking_uri(uri: str = "") -> str:
-    """The flag, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    return uri or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
-
-
-def open_store(uri: str = "") -> MlflowClient:
-    """A client for the tracking store, checked by one read before any training starts.
-
-    MLflow only reports a bad URI (an unknown scheme, a SQLite file in a missing folder, a
-    server that does not answer) when it is first used; without this check that would be
-    after the data has loaded, or after the first round."""
-    resolved = resolve_tracking_uri(uri)
-    try:
-        client = MlflowClient(resolved)
-        client.search_experiments(max_results=1)
-    except Exception as error:  # MLflow raises a different type for each kind of store
-        raise ConfigError(
-            f"--tracking-uri {resolved!r}: MLflow cannot open it ({type(error).__name__}); use "
-            "sqlite:///PATH.db, http(s)://HOST:PORT, or leave it empty for ./mlflow.db"
-        ) from None
-    return client
+def round_metrics(networks: list[dict[str, Any]], population: dict[str, float]) -> dict:
+    """A round's per-network metrics as ``net{k}/{name}`` and population metrics as
+    ``population/{name}``."""
+    metrics = {f"population/{k}": v for k, v in population.items()}
+    for k, network in enumerate(networks):
+        metrics.update(
+            {f"net{k}/{name}": v for name, v in network.items() if isinstance(v, int | float)}
+        )
+    return metrics
 
 
 def browse_command(tracking_uri: str) -> str:
@@ -116,8 +102,9 @@ class Tracker:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp: int = 0) -> None:
+        """``metrics`` at ``step``; ``timestamp`` (ms) when they were measured, else now."""
+        now = timestamp or int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
@@ -125,14 +112,8 @@ class Tracker:
     def log_round(
         self, step: int, networks: list[dict[str, Any]], population: dict[str, float]
     ) -> None:
-        """Per-network metrics as ``net{k}/{name}`` and population metrics as
-        ``population/{name}``, all at step = round."""
-        metrics = {f"population/{k}": v for k, v in population.items()}
-        for k, network in enumerate(networks):
-            metrics.update(
-                {f"net{k}/{name}": v for name, v in network.items() if isinstance(v, int | float)}
-            )
-        self.log_metrics(metrics, step)
+        """:func:`round_metrics`, all at step = round."""
+        self.log_metrics(round_metrics(networks, population), step)
 
     def log_table(self, rows: list[dict[str, Any]], artifact_path: str) -> None:
         """Rows of dicts as one CSV artifact (``artifact_path`` names the file)."""
@@ -263,6 +244,13 @@ class Tracker:
             self.run_id, resume_logging=resume, tracking_uri=self.tracking_uri
         )
         self.monitor.start()
+
+    def restart_system_metrics(self) -> None:
+        """Sample again, continuing the steps, if the sampling gave up while the tracking
+        server was away."""
+        if self.monitor is not None and self.monitor.stopped:
+            self.monitor = None
+            self.start_system_metrics(resume=True)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.monitor is not None:  # before the run ends: its last sample still lands

@@ -16,8 +16,8 @@ from graftune.training.trainer import Source, Trainer
 
 
 class TrainerGroup:
-    """Separate Trainers behind the fused trainer's interface: one network per worker, or a
-    CPU worker where fusing does not pay."""
+    """Separate Trainers behind the fused trainer's interface, trained one after another: one
+    network per worker, or a CPU worker's share where fusing does not pay."""
 
     def __init__(
         self, config: Config, indices: Sequence[int], data: ImageSet, device: str | None = None

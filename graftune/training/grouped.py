@@ -11,8 +11,8 @@ know which forward ran.
 vmap builds the same grouped convolutions, but runs each BatchNorm as a normalisation plus a
 separate scale and shift, and cannot run NHWC. On two CPU cores this layout trains K = 4
 ResNet-20s 1.31x, ResNet-32s 1.18x and MobileNetV2s 2.54x as fast as vmap in NHWC (1.20x,
-0.99x, 1.53x in NCHW, where it computes vmap's networks to float rounding; BENCHMARKS.md,
-issue 14); on GPUs it is not measured yet. A model runs this way only if its wide forward
+0.99x, 1.53x in NCHW, where it computes vmap's networks to float rounding; BENCHMARKS.md);
+on GPUs it is not measured yet. A model runs this way only if its wide forward
 gives vmap's outputs and BatchNorm statistics on a tiny batch (:func:`groupable`); any
 other model keeps vmap.
 """

@@ -1,0 +1,116 @@
+"""Per-round metrics that wait while the tracking server is away, so training goes on.
+
+A tracking server that restarts, or a network that drops for a while, must not end hours of
+training with a traceback. MLflow's client retries each call for a while first; a call that
+still fails while the server does not answer a short probe leaves its round's metrics (with
+their step and original timestamp) in a queue. Later rounds only probe the server (one quick
+try) until it answers, then the queue goes out in order, each round once. The queue is part
+of every checkpoint, so a run that ends before the server is back loses nothing:
+``--resume`` logs it. A metric keeps the time it was measured: sent twice (a call that
+failed after the server had stored it), MLflow's SQL stores keep it once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from graftune.tracking.store import answers
+
+REMOTE = ("http://", "https://")  # a local SQLite store does not come and go
+
+
+class StoreAway(Exception):  # noqa: N818 (a state, as KeyboardInterrupt is)
+    """The run ended with metrics still waiting for the tracking server; ``line`` says how
+    to log them."""
+
+    def __init__(self, line: str):
+        super().__init__(line)
+        self.line = line
+
+
+def away_line(uri: str, run_id: str, rounds: list[int], saved_round: int | None) -> str:
+    waiting = "the run's final results"
+    if rounds:
+        some = f"rounds {rounds[0]}-{rounds[-1]}" if len(rounds) > 1 else f"round {rounds[0]}"
+        waiting = f"the metrics of {some} and {waiting}"
+    return (
+        f"graftune: the tracking server {uri} does not answer; {waiting} are saved with round "
+        f"{saved_round} of run {run_id}; once it answers, log them with: "
+        f"python -m graftune.run --resume {run_id} --tracking-uri {uri}"
+    )
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class PendingLog:
+    """A run's per-round metrics on their way to its tracker, waiting while its server is away.
+
+    Args:
+        tracker: the run's tracker (``log_metrics(metrics, step, timestamp)``).
+        items: what a checkpoint kept waiting (``{"step", "timestamp", "metrics"}`` each).
+        say: where the two lines go (one when logging first fails, one when it works again).
+    """
+
+    def __init__(self, tracker: Any, items: list[dict[str, Any]] | None = None, say=_say) -> None:
+        self.tracker = tracker
+        self.items: list[dict[str, Any]] = [dict(item) for item in items or []]
+        self.say: Callable[[str], None] = say
+        self.uri = getattr(tracker, "tracking_uri", "")
+        self.remote = bool(getattr(tracker, "enabled", False)) and self.uri.startswith(REMOTE)
+        self.away = False
+
+    @property
+    def steps(self) -> list[int]:
+        return [item["step"] for item in self.items]
+
+    def log(self, metrics: dict[str, float], step: int) -> bool:
+        """Log ``metrics`` at ``step`` after whatever waits; False if they wait too."""
+        self.items.append({"step": step, "timestamp": int(time.time() * 1000), "metrics": metrics})
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Send what waits, oldest first; True when nothing waits any more."""
+        if self.items and self.away and not answers(self.uri):
+            return False  # one quick probe a round, not MLflow's minutes of retries
+        while self.items:
+            item = self.items[0]
+            try:
+                self.tracker.log_metrics(item["metrics"], item["step"], item["timestamp"])
+            except Exception as error:
+                if not self.remote or answers(self.uri):
+                    raise  # the server is there and refused: a bug or bad input, as before
+                self._went_away(error)
+                return False
+            self.items.pop(0)
+        if self.away:
+            self.away = False
+            self.tracker.restart_system_metrics()  # MLflow's sampler gave up while it was away
+            self.say(
+                f"graftune: the tracking server {self.uri} answers again; waiting metrics logged"
+            )
+        return True
+
+    def went_away(self, error: Exception) -> bool:
+        """Whether ``error``, raised by a call outside this queue (the run's final results),
+        came from a server that is away; if so, the run keeps them for ``--resume``."""
+        if not self.remote or answers(self.uri):
+            return False
+        self._went_away(error, "the run's final results wait")
+        return True
+
+    def _went_away(self, error: Exception, what: str = "") -> None:
+        if not self.away:
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+            what = what or (
+                f"training goes on, and the metrics from round {self.items[0]['step']} on wait"
+            )
+            self.say(
+                f"graftune: warning: the tracking server {self.uri} does not answer ({reason}); "
+                f"{what} until it answers (they are kept in the checkpoints)"
+            )
+        self.away = True
