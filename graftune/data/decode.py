@@ -101,7 +101,8 @@ def _check_size(
     if shape is not None and (height, width) != shape:
         raise DataError(
             f"'{name}' in '{data_dir}' is {width}x{height} but the first image is "
-            f"{shape[1]}x{shape[0]}; all images must have one size"
+            f"{shape[1]}x{shape[0]}; all images must have one size in memory "
+            f"(--data-mode stream reads any size)"
         )
     return height, width
 
