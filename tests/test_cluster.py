@@ -438,7 +438,7 @@ def test_a_submitted_population_spreads_over_both_nodes_and_logs_to_mlflow(clust
     )
     logs = wait_for_job(cluster, submission_id)
     client, run = run_of(logs, cluster)
-    assert "on imagefolder (16 train / 8 test images)" in " ".join(logs.split())
+    assert "on imagefolder (16 train / 8 test images, in memory" in " ".join(logs.split())
 
     nodes = [w["node_id"] for w in json.loads(run.data.tags["graftune.workers"])]
     assert len(nodes) == 2 and set(nodes) == {cluster.head_node, cluster.worker_node}

@@ -23,13 +23,17 @@ RATIO = (3 / 4, 4 / 3)
 TRIES = 10
 
 
-def crop_boxes(sizes: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_boxes(
+    sizes: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image (sizes: [B, 2] width, height): a RandomResizedCrop box (x1, y1, x2, y2) in
     its own pixels, and whether to flip it."""
     b = len(sizes)
     width, height = sizes[:, 0:1], sizes[:, 1:2]
     area = width * height * torch.empty(b, TRIES).uniform_(*SCALE, generator=generator)
-    log_ratio = torch.empty(b, TRIES).uniform_(math.log(RATIO[0]), math.log(RATIO[1]), generator=generator)
+    log_ratio = torch.empty(b, TRIES).uniform_(
+        math.log(RATIO[0]), math.log(RATIO[1]), generator=generator
+    )
     ratio = log_ratio.exp()
     w, h = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
     fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)

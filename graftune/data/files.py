@@ -20,13 +20,20 @@ from pathlib import Path
 
 from graftune.data.cache import Arrays, cache_dir, read_cache, write_cache
 from graftune.data.decode import SPLITS, decode_images, over_limit, size_text
+from graftune.data.errors import DataError
+
+__all__ = [
+    "FOLDER_HINT",
+    "DataError",
+    "list_zip",
+    "open_zip",
+    "read_image_folder",
+    "read_member",
+    "source_key",
+]
 
 # ImageNet names its test split val/: either name is the test split, never both.
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "test"}
-from graftune.data.errors import DataError
-
-__all__ = ["FOLDER_HINT", "DataError", "list_zip", "open_zip", "read_image_folder", "read_member", "source_key"]
-
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FOLDER_HINT = "a folder or .zip with train/ and test/ (or val/) class folders"
 # Bump when the cached layout, or what a folder or zip decodes to, changes: old caches are

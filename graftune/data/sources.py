@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-
 import torch
 
 from graftune.data.batches import TrainBatches, _tensor, eval_batches
@@ -23,6 +22,7 @@ class MemoryBatches:
     def __init__(self, batches: Sequence[TrainBatches]):
         self.networks = list(batches)
         self.steps_per_epoch = self.networks[0].steps_per_epoch
+        self.batch_size = self.networks[0].batch_size
         self.skipped: Sequence[str] = ()
 
     def next_batches(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +90,13 @@ def train_source(
     return MemoryBatches(
         [
             TrainBatches(
-                images, labels, batch_size, data.mean, data.std, device=device, seed=seed,
+                images,
+                labels,
+                batch_size,
+                data.mean,
+                data.std,
+                device=device,
+                seed=seed,
                 channels_last=channels_last,
             )  # fmt: skip
             for seed in seeds
@@ -114,6 +120,3 @@ def eval_source(
 def skipped_count(source: MemoryBatches | StreamBatches) -> int:
     """Images that failed to decode mid-run on this worker (always 0 in memory)."""
     return len(source.skipped)
-
-
-

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 import numpy as np
 
 from graftune.config import DataConfig
-from graftune.data.datasets import ImageSet, channel_stats, folder_copy, load_in_memory, subset_index
+from graftune.data.datasets import (
+    ImageSet,
+    channel_stats,
+    folder_copy,
+    load_in_memory,
+    subset_index,
+)
 from graftune.data.decode import size_text
 from graftune.data.errors import DataError
 from graftune.data.headers import ImageListing, list_images
@@ -121,16 +126,19 @@ def _auto_mode(listing: ImageListing, budget: int) -> str:
 
 def _sample_stats(data: StreamSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std from a fixed sample of train images, decoded as evaluation crops: exact
-    for the in-memory path, estimated here (512 images put it within a few thousandths)."""
+    for the in-memory path, estimated here (512 images put it within a few thousandths). An
+    image that fails to decode is left out here, and skipped and named when training meets
+    it."""
     images = data.decoded("train", train=False)
     pick = np.sort(np.random.default_rng(0).permutation(len(images))[:STATS_SAMPLE])
     pixels = []
     for i in pick:
         try:
             pixels.append(images.decode(images._source(str(images.names[i])))[0])
-        except Exception as error:  # noqa: BLE001 (Pillow raises many types for bad data)
-            name = images.names[i]
-            raise DataError(f"cannot decode '{name}' in '{data.data_dir}': {error}") from None
+        except Exception:  # noqa: BLE001, S112 (Pillow raises many types for bad data)
+            continue
+    if not pixels:
+        raise DataError(f"none of the sampled train images of '{data.data_dir}' can be decoded")
     return channel_stats(np.stack(pixels))
 
 
@@ -139,6 +147,3 @@ def describe(data: ImageSet | StreamSet) -> str:
     if getattr(data, "streamed", False):
         return f"streamed at {data.image_size} px"
     return f"in memory, {size_text(data.train_images.nbytes + data.test_images.nbytes)}"
-
-
-

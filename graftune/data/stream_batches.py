@@ -104,6 +104,7 @@ class StreamBatches:
         order_seeds = [order_seed] if order_seed is not None else self.seeds
         self.streams = [_Stream(images, s, batch_size, workers, pin) for s in order_seeds]
         self.steps_per_epoch = self.streams[0].steps_per_epoch
+        self.batch_size = self.streams[0].batch_size
         self.scale, self.shift = _normaliser(data.mean, data.std, self.device)
         self.skipped = skipped if skipped is not None else Skipped(data.data_dir)
 
@@ -126,7 +127,9 @@ class StreamBatches:
                     ys.append(labels)
             shortest = min(len(y) for y in ys)
             if shortest:  # a batch of nothing but damaged images: take the next one
-                return torch.stack([x[:shortest] for x in xs]), torch.stack([y[:shortest] for y in ys])
+                return torch.stack([x[:shortest] for x in xs]), torch.stack(
+                    [y[:shortest] for y in ys]
+                )
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One network's next batch (K = 1): what a Trainer takes."""
@@ -165,7 +168,11 @@ class StreamEval:
         self, data, batch_size: int, device: torch.device | str, workers: int = 0,
         skipped: Skipped | None = None,
     ):  # fmt: skip
-        self.images, self.device, self.batch_size = data.decoded("test"), torch.device(device), batch_size
+        self.images, self.device, self.batch_size = (
+            data.decoded("test"),
+            torch.device(device),
+            batch_size,
+        )
         self.labels, self.count, self.workers = data.test_labels, len(data.test_labels), workers
         self.scale, self.shift = _normaliser(data.mean, data.std, self.device)
         self.skipped = skipped if skipped is not None else Skipped(data.data_dir)
@@ -179,7 +186,9 @@ class StreamEval:
             self.skipped.add(batch.failed)
             x = batch.images
             if batch.failed:  # black images where the damaged ones were
-                x = torch.zeros(len(order[start // self.batch_size]), 3, self.size, self.size, dtype=torch.uint8)
+                x = torch.zeros(
+                    len(order[start // self.batch_size]), 3, self.size, self.size, dtype=torch.uint8
+                )
                 x[batch.index - start] = batch.images
             y = torch.as_tensor(self.labels[start : start + len(x)])
             x = x.to(self.device, non_blocking=True)
