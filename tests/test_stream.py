@@ -1,6 +1,7 @@
 """Streamed image sets: mixed sizes and modes, listed and checked at start-up, decoded batch by
 batch, each network cropping its own view of one decoded batch, damaged files skipped."""
 
+import io
 import logging
 import zipfile
 from pathlib import Path
@@ -49,6 +50,12 @@ def zipped(folder: Path, target: Path) -> Path:
             if file.is_file():
                 archive.write(file, file.relative_to(folder).as_posix())
     return target
+
+
+def spoil(jpeg: Path) -> None:
+    """Cut a JPEG just after its scan starts: its header still opens, decoding it fails."""
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data[: data.index(b"\xff\xda") + 20])
 
 
 def stream(path: Path, **changes) -> StreamSet:
@@ -154,8 +161,7 @@ def test_forcing_memory_on_mixed_sizes_is_one_line(tmp_path):
 def test_a_damaged_image_mid_epoch_is_skipped_named_once_and_counted(tmp_path, caplog):
     folder = make_set(tmp_path / "set")
     data = stream(folder)
-    damaged = folder / "train/bee/000.jpg"  # passed the start-up check, then spoilt
-    damaged.write_bytes(damaged.read_bytes()[:200])
+    spoil(folder / "train/bee/000.jpg")  # after the start-up check
     batches = StreamBatches(data, seeds=[0, 1], order_seed=3, batch_size=4)
     with caplog.at_level(logging.WARNING, logger="graftune"):
         sizes = [batches.next_batches()[1].shape[1] for _ in range(6)]  # two epochs
@@ -197,3 +203,32 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     for key, value in alone.model.state_dict().items():
         if value.is_floating_point():
             assert torch.allclose(value, whole.weights(1)[key], atol=1e-5), key
+
+
+def test_a_streamed_run_logs_its_mode_input_and_skipped_images(
+    tmp_path, ray_local, capsys, monkeypatch
+):
+    from mlflow.tracking import MlflowClient
+    from rich.console import Console
+
+    from conftest import ONE_WORKER, smoke_args
+    from graftune.commands import run
+
+    folder = make_set(tmp_path / "set", test_name="val")
+    spoil(folder / "train/ant/001.jpg")  # its header passes the start-up check
+    flags = f"--dataset imagefolder --data-dir {folder} --image-size {SIZE} --batch-size 4"
+    argv = smoke_args(tmp_path, *flags.split(), "--eval-batch-size", "5", *ONE_WORKER)
+    lines = io.StringIO()  # the start-up line goes to the command's own console
+    monkeypatch.setattr(run, "console", Console(file=lines, width=300))
+    assert run.main(argv) == 0
+    assert f"(12 train / 6 test images, streamed at {SIZE} px)" in lines.getvalue()
+    out = capsys.readouterr().out
+    assert "images skipped as damaged: 1" in out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
+    assert found.data.params["data/data_mode"] == "stream"
+    assert found.data.metrics["data/skipped_images"] == 1
+    inputs = {i.tags[0].value: i.dataset for i in found.inputs.dataset_inputs}
+    data = load_dataset(DataConfig(dataset="imagefolder", data_dir=str(folder), image_size=SIZE))
+    assert inputs["training"].digest == data.digest("train")
+    assert '"mode": "streamed"' in inputs["evaluation"].profile
