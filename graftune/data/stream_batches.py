@@ -11,6 +11,8 @@ that never stopped, mid-epoch too.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -45,6 +47,18 @@ class Skipped:
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def readable(data) -> None:
+    """Refuse to start where the image set is not there: on a cluster every node that runs a
+    worker must see it at the path the driver listed (cluster/README.md)."""
+    path = data.listing.path
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"the streamed image set '{path}' is not there on {socket.gethostname()}: every "
+            f"node that runs a worker must see it at that path (a shared filesystem, or the "
+            f"same copy on each node)"
+        )
 
 
 class _Stream:
@@ -97,6 +111,7 @@ class StreamBatches:
         device: torch.device | str = "cpu", channels_last: bool = False, workers: int = 0,
         skipped: Skipped | None = None,
     ):  # fmt: skip
+        readable(data)
         self.device, self.seeds, self.size = torch.device(device), list(seeds), data.image_size
         self.channels_last = channels_last
         pin = self.device.type == "cuda"
@@ -112,7 +127,7 @@ class StreamBatches:
         """x float [K, B, 3, S, S] normalised, y int64 [K, B], on the device. A damaged
         image is left out of its batch (without a shared order, every network's batch is cut
         to the shortest, so that they stack)."""
-        while True:
+        for _ in range(self.steps_per_epoch + 1):
             xs, ys = [], []
             for j, stream in enumerate(self.streams):
                 batch, epoch, step = stream.next()
@@ -127,9 +142,12 @@ class StreamBatches:
                     ys.append(labels)
             shortest = min(len(y) for y in ys)
             if shortest:  # a batch of nothing but damaged images: take the next one
-                return torch.stack([x[:shortest] for x in xs]), torch.stack(
-                    [y[:shortest] for y in ys]
-                )
+                x = torch.stack([x[:shortest] for x in xs])
+                return x, torch.stack([y[:shortest] for y in ys])
+        raise RuntimeError(
+            f"no image of '{self.skipped.data_dir}' decoded in a whole epoch on "
+            f"{socket.gethostname()}; can this node read the image set?"
+        )
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One network's next batch (K = 1): what a Trainer takes."""
@@ -168,11 +186,9 @@ class StreamEval:
         self, data, batch_size: int, device: torch.device | str, workers: int = 0,
         skipped: Skipped | None = None,
     ):  # fmt: skip
-        self.images, self.device, self.batch_size = (
-            data.decoded("test"),
-            torch.device(device),
-            batch_size,
-        )
+        readable(data)
+        self.images, self.device = data.decoded("test"), torch.device(device)
+        self.batch_size = batch_size
         self.labels, self.count, self.workers = data.test_labels, len(data.test_labels), workers
         self.scale, self.shift = _normaliser(data.mean, data.std, self.device)
         self.skipped = skipped if skipped is not None else Skipped(data.data_dir)
