@@ -1,4 +1,5 @@
-"""Image folders and zips (train/<class>/, test/<class>/) read into uint8 arrays, cached.
+"""Image folders and zips (train/<class>/, and test/<class>/ or val/<class>/) read into uint8
+arrays, cached.
 
 With ``decode``, the one place that reads image files, so every damaged or hostile file is
 refused there, as a one-line DataError, before any actor starts. This module lists and opens
@@ -22,15 +23,8 @@ from graftune.data.cache import Arrays, cache_dir, read_cache, write_cache
 from graftune.data.decode import SPLITS, decode_images, over_limit, size_text
 from graftune.data.errors import DataError
 
-__all__ = [
-    "FOLDER_HINT",
-    "DataError",
-    "list_zip",
-    "open_zip",
-    "read_image_folder",
-    "read_member",
-    "source_key",
-]
+__all__ = ["FOLDER_HINT", "DataError", "list_zip", "open_zip", "read_image_folder"]
+__all__ += ["read_member", "source_key"]  # for headers, which lists without decoding
 
 # ImageNet names its test split val/: either name is the test split, never both.
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "test"}
