@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from graftune.data.cache import cache_dir, write_arrays
-from graftune.data.decode import SPLITS, _check_size, _open_image
+from graftune.data.decode import SPLITS, check_size, open_image
 from graftune.data.files import Listing, list_zip, open_zip, read_member, source_key
 
 
@@ -80,8 +80,8 @@ def _check(listing: Listing, read, limit: int) -> tuple:
             items = sorted(listing.images[split])  # by class, then file name: a stable order
             wh = np.empty((len(items), 2), np.int32)
             for i, (_, name) in enumerate(items):
-                with _open_image(read(name), name, listing.data_dir) as image:
-                    height, width = _check_size(image.size, None, limit, name, listing.data_dir)
+                with open_image(read(name), name, listing.data_dir) as image:
+                    height, width = check_size(image.size, None, limit, name, listing.data_dir)
                 wh[i] = width, height
             names[split] = np.array([n for _, n in items], dtype=str)
             labels[split] = np.array([index[c] for c, _ in items], np.int64)

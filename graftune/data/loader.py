@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from graftune.data.decode import _SIXTEEN_BIT
+from graftune.data.decode import SIXTEEN_BIT
 
 EVAL_CROP = 0.875  # Resize(256) + CenterCrop(224): the crop is 7/8 of the resized side
 
@@ -113,6 +113,10 @@ class DecodedImages(torch.utils.data.Dataset):
             return name
         return pixels, int(self.labels[i]), size, i
 
+    def load(self, i: int) -> np.ndarray:
+        """Image i decoded (uint8 3 x S x S for evaluation); a damaged file raises."""
+        return self.decode(self._source(str(self.names[i])))[0]
+
     def decode(self, source) -> tuple[np.ndarray, tuple[int, int]]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -140,7 +144,7 @@ def _rgb(image: Image.Image) -> Image.Image:
     """RGB as the in-memory path makes it: 16-bit grey keeps its top 8 bits."""
     if image.mode == "RGB":
         return image
-    if image.mode in _SIXTEEN_BIT:
+    if image.mode in SIXTEEN_BIT:
         grey = (np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     return image.convert("RGB")

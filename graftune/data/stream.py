@@ -84,8 +84,7 @@ class StreamSet:
     def examples(self, count: int) -> np.ndarray:
         """The first ``count`` test images as the networks see them, uint8 N x 3 x S x S."""
         images = self.decoded("test")
-        return np.stack([images.decode(images._source(str(images.names[i])))[0]
-                         for i in range(min(count, len(images)))])  # fmt: skip
+        return np.stack([images.load(i) for i in range(min(count, len(images)))])
 
 
 def load_dataset(cfg: DataConfig) -> ImageSet | StreamSet:
@@ -134,7 +133,7 @@ def _sample_stats(data: StreamSet) -> tuple[tuple[float, ...], tuple[float, ...]
     pixels = []
     for i in pick:
         try:
-            pixels.append(images.decode(images._source(str(images.names[i])))[0])
+            pixels.append(images.load(i))
         except Exception:  # noqa: BLE001, S112 (Pillow raises many types for bad data)
             continue
     if not pixels:
