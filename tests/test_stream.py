@@ -16,6 +16,7 @@ from graftune.data import DataError, StreamSet, load_dataset
 from graftune.data.loader import HELD, make_loader
 from graftune.data.stream_batches import StreamBatches, StreamEval
 from graftune.training.fused import FusedTrainer
+from graftune.training.group import TrainerGroup
 from graftune.training.trainer import Trainer
 
 MODES = ["RGB", "L", "CMYK", "P", "RGBA"]  # JPEG for the first three, PNG for the others
@@ -184,19 +185,25 @@ def test_decoded_images_held_do_not_grow_with_the_set(tmp_path):
     assert 4 <= peaks[0] == peaks[1] <= 2 * 4  # a batch or two, never the set
 
 
-def test_resumed_training_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("shared_order", [True, False])
+@pytest.mark.parametrize("group", [TrainerGroup, FusedTrainer])
+def test_resumed_training_equals_uninterrupted(tmp_path, group, shared_order):
     cfg = config(make_set(tmp_path / "set"), epochs=3)
+    cfg.data.shared_order = shared_order
     data = load_dataset(cfg.data)
-    whole = FusedTrainer(cfg, [0, 1], data, "cpu")
+    whole = group(cfg, [0, 1], data, "cpu")
     whole.train_interval(4)  # mid-epoch 2 of 3-step epochs
     states = whole.state_dicts()
     whole.train_interval(3)
-    resumed = FusedTrainer(cfg, [0, 1], data, "cpu")
+    resumed = group(cfg, [0, 1], data, "cpu")  # a fresh process's trainers
     resumed.load_state_dicts(states)
     resumed.train_interval(3)
-    for j in range(2):
-        for key, value in whole.weights(j).items():
-            assert torch.equal(value, resumed.weights(j)[key]), key
+    for a, b in zip(whole.state_dicts(), resumed.state_dicts(), strict=True):
+        for key, value in a["model"].items():
+            assert torch.equal(value, b["model"][key]), key
+        assert a["batches"] == b["batches"]
+    if group is TrainerGroup:
+        return
     alone = Trainer(cfg, 1, data, "cpu")  # a fused checkpoint loads into a separate Trainer
     alone.load_state_dict(states[1])
     alone.train_interval(3)

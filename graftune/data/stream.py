@@ -124,8 +124,8 @@ def _auto_mode(listing: ImageListing, budget: int) -> str:
 
 
 def _sample_stats(data: StreamSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std from a fixed sample of train images, decoded as evaluation crops: exact
-    for the in-memory path, estimated here (512 images put it within a few thousandths). An
+    """Mean and std of a fixed sample of train images, decoded as evaluation crops (what the
+    networks see; the in-memory path measures every whole image). An
     image that fails to decode is left out here, and skipped and named when training meets
     it."""
     images = data.decoded("train", train=False)
