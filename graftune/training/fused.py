@@ -235,10 +235,15 @@ class FusedTrainer(StackedNetworks):
         seen = 0
         for _ in range(steps):
             x, y = self._next_batches()
+            full = y.shape[1] == self.batches.batch_size  # not short of a damaged image
             if self.graph is None and self._eager_steps >= WARMUP_STEPS and not self.graph_note:
-                self.graph, self.graph_note = CudaGraphStep.capture(self, x, y)
-            if self.graph is not None and self.graph.x.shape != x.shape:
-                # a streamed batch short of a damaged image: one eager step, off the graph
+                if full:
+                    self.graph, self.graph_note = CudaGraphStep.capture(self, x, y)
+            if self.graph is not None and not full:
+                # A streamed batch short of a damaged image: one eager step, off the graph,
+                # without the gradients the last replay left in p.grad.
+                for p in self.params.values():
+                    p.grad = None
                 loss, distill, right = self.train_step(x, y)
             elif self.graph is not None:
                 loss, distill, right = self.graph.run(x, y, self.step)
