@@ -465,6 +465,27 @@ def test_a_submitted_population_spreads_over_both_nodes_and_logs_to_mlflow(clust
 
 
 @pytest.mark.slow
+def test_a_submitted_streamed_set_is_read_on_every_node(cluster, tmp_path):
+    """A streamed zip at a path both nodes see (as a shared filesystem gives them): only its
+    listing travels, each worker decodes its own batches, none is skipped."""
+    write_tiny_image_zip(tmp_path / "tiny.zip")
+    submission_id = submit(
+        cluster,
+        *"--num-models 2 --model tiny_cnn --dataset imagefolder --epochs 1".split(),
+        *("--data-dir", str(tmp_path / "tiny.zip"), "--data-mode", "stream"),
+        *"--image-size 16 --batch-size 4 --placement SPREAD --no-plots".split(),
+    )
+    logs = wait_for_job(cluster, submission_id)
+    client, run = run_of(logs, cluster)
+    assert "(16 train / 8 test images, streamed at 16 px)" in " ".join(logs.split())
+    assert "images skipped as damaged: 0" in logs
+    nodes = [w["node_id"] for w in json.loads(run.data.tags["graftune.workers"])]
+    assert set(nodes) == {cluster.head_node, cluster.worker_node}
+    assert run.data.params["data/data_mode"] == "stream"
+    assert run.data.metrics["data/skipped_images"] == 0
+
+
+@pytest.mark.slow
 def test_a_population_survives_the_loss_of_a_node_mid_round(cluster, tmp_path):
     """Run last among the cluster tests: the worker node stays lost. Each worker's first
     interval is held (``worker.hold_if_asked``) until the worker node's processes are gone,
