@@ -108,6 +108,10 @@ def test_batches_have_the_right_shapes_labels_and_own_crops(tmp_path):
     own = StreamBatches(data, seeds=[0, 1], order_seed=None, batch_size=5)
     _, y_own = own.next_batches()
     assert y_own.shape == (2, 5)
+    subset = stream(tmp_path / "set", subset=5, test_subset=2)  # a fixed subset, as in memory
+    assert len(subset.train_labels) == 5 and len(subset.test_labels) == 2
+    again = stream(tmp_path / "set", subset=5, test_subset=2)
+    assert subset.digest("train") == again.digest("train") != data.digest("train")
 
 
 def test_evaluation_is_deterministic_and_centre_cropped(tmp_path):
