@@ -129,17 +129,11 @@ class StreamBatches:
         to the shortest, so that they stack)."""
         for _ in range(self.steps_per_epoch + 1):
             xs, ys = [], []
-            for j, stream in enumerate(self.streams):
-                batch, epoch, step = stream.next()
-                self.skipped.add(batch.failed)
+            for j, stream in enumerate(self.streams):  # one order, or one per network
                 seeds = self.seeds if len(self.streams) == 1 else [self.seeds[j]]
-                gens = [torch.Generator().manual_seed(mixed_seed(s, epoch, step)) for s in seeds]
-                canvas = batch.images.to(self.device, non_blocking=True)
-                crops = resized_crops(canvas, batch.sizes, gens, self.size) if len(canvas) else None
-                labels = batch.labels.to(self.device, non_blocking=True)
-                for crop in crops if crops is not None else [canvas[:0]] * len(gens):
-                    xs.append(_normalise(crop, self.scale, self.shift, self.channels_last))
-                    ys.append(labels)
+                x, y = self._cropped(stream, seeds)
+                xs += x
+                ys += [y] * len(x)
             shortest = min(len(y) for y in ys)
             if shortest:  # a batch of nothing but damaged images: take the next one
                 x = torch.stack([x[:shortest] for x in xs])
@@ -148,6 +142,20 @@ class StreamBatches:
             f"no image of '{self.skipped.data_dir}' decoded in a whole epoch on "
             f"{socket.gethostname()}; can this node read the image set?"
         )
+
+    def _cropped(
+        self, stream: _Stream, seeds: list[int]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The next batch of ``stream``, cropped and normalised once per seed, and its labels."""
+        batch, epoch, step = stream.next()
+        self.skipped.add(batch.failed)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        if not len(batch.images):
+            return [batch.images[:0].float()] * len(seeds), labels
+        gens = [torch.Generator().manual_seed(mixed_seed(s, epoch, step)) for s in seeds]
+        canvas = batch.images.to(self.device, non_blocking=True)
+        crops = resized_crops(canvas, batch.sizes, gens, self.size)
+        return [_normalise(c, self.scale, self.shift, self.channels_last) for c in crops], labels
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One network's next batch (K = 1): what a Trainer takes."""
