@@ -216,30 +216,51 @@ def test_resumed_training_equals_uninterrupted(tmp_path, group, shared_order):
             assert torch.allclose(value, whole.weights(1)[key], atol=1e-5), key
 
 
-def test_a_streamed_run_logs_its_mode_input_and_skipped_images(
+def test_a_streamed_run_stopped_and_resumed_equals_one_that_never_stopped(
     tmp_path, ray_local, capsys, monkeypatch
 ):
+    """Stopped mid-epoch after round 1 and resumed from the command line: the start-up line
+    and the params say it streamed, the damaged image is skipped and counted, and the final
+    networks equal those of a run that never stopped, bit for bit."""
     from mlflow.tracking import MlflowClient
     from rich.console import Console
 
     from conftest import ONE_WORKER, smoke_args
     from graftune.commands import run
+    from graftune.tracking.checkpoint import load_checkpoint
+    from graftune.tracking.experiment import run_experiment
+    from graftune.tracking.null_tracker import NullTracker
 
     folder = make_set(tmp_path / "set", test_name="val")
     spoil(folder / "train/ant/001.jpg")  # its header passes the start-up check
     flags = f"--dataset imagefolder --data-dir {folder} --image-size {SIZE} --batch-size 4"
-    argv = smoke_args(tmp_path, *flags.split(), "--eval-batch-size", "5", *ONE_WORKER)
+    argv = smoke_args(tmp_path, *flags.split(), "--interval-steps", "2", *ONE_WORKER)
+    startup = run.checked(argv)  # 3 steps an epoch, 2 epochs: rounds end mid-epoch
+    whole = run_experiment(startup.config, startup.data, tracker=NullTracker())
+
+    def stop_after_round_1(result):
+        if result.round == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(startup.config, startup.data, on_round=stop_after_round_1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
     lines = io.StringIO()  # the start-up line goes to the command's own console
     monkeypatch.setattr(run, "console", Console(file=lines, width=300))
-    assert run.main(argv) == 0
+    assert run.main([*argv, "--resume", stopped.info.run_id]) == 0
     assert f"(12 train / 6 test images, streamed at {SIZE} px)" in lines.getvalue()
-    out = capsys.readouterr().out
-    assert "images skipped as damaged: 1" in out
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (found,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
+    assert "images skipped as damaged: 1" in capsys.readouterr().out
+
+    found = client.get_run(stopped.info.run_id)
     assert found.data.params["data/data_mode"] == "stream"
     assert found.data.metrics["data/skipped_images"] == 1
     inputs = {i.tags[0].value: i.dataset for i in found.inputs.dataset_inputs}
-    data = load_dataset(DataConfig(dataset="imagefolder", data_dir=str(folder), image_size=SIZE))
-    assert inputs["training"].digest == data.digest("train")
+    assert inputs["training"].digest == startup.data.digest("train")
     assert '"mode": "streamed"' in inputs["evaluation"].profile
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*/population.pt")
+    states = load_checkpoint(checkpoint)["states"]
+    for resumed, uninterrupted in zip(states, whole.states, strict=True):
+        assert resumed["step"] == uninterrupted["step"] == 6
+        for key, value in uninterrupted["model"].items():
+            assert torch.equal(value, resumed["model"][key]), key
