@@ -156,6 +156,20 @@ def test_hostile_zip_members_and_both_test_splits_are_refused(tmp_path):
         stream(tmp_path / "both")
 
 
+def test_one_size_that_fits_stays_in_memory_and_val_is_its_test_split(tmp_path):
+    for split, count in (("train", 2), ("val", 1)):
+        for c in ("ant", "bee"):
+            (tmp_path / "s" / split / c).mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (8, 8), 30 * i).save(tmp_path / "s" / split / c / f"{i}.png")
+    cfg = DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "s"))
+    data = load_dataset(cfg)
+    assert cfg.data_mode == "memory" and not data.streamed
+    assert data.test_images.shape == (2, 3, 8, 8) and data.test_labels.tolist() == [0, 1]
+    cfg = DataConfig(dataset="imagefolder", data_dir=str(tmp_path / "s"), memory_budget=100)
+    assert load_dataset(cfg).streamed and cfg.data_mode == "stream"  # over the budget
+
+
 def test_forcing_memory_on_mixed_sizes_is_one_line(tmp_path):
     cfg = DataConfig(dataset="imagefolder", data_dir=str(make_set(tmp_path / "s")))
     cfg.data_mode = "memory"
