@@ -92,16 +92,22 @@ def _subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
     return np.ascontiguousarray(images[keep]), labels[keep]
 
 
+def check_class_count(cfg: DataConfig, count: int) -> None:
+    """An image-folder copy named --dataset cifar10 or cifar100 must hold its classes."""
+    num_classes, name = (10, "CIFAR-10") if cfg.dataset == "cifar10" else (100, "CIFAR-100")
+    if cfg.dataset in ("cifar10", "cifar100") and count != num_classes:
+        raise DataError(
+            f"'{cfg.data_dir}' holds {count} classes, not the {num_classes} of {name}; use "
+            f"--dataset imagefolder for it"
+        )
+
+
 def _cifar(cfg: DataConfig, listed: bool = False) -> Arrays:
     num_classes, name = (10, "CIFAR-10") if cfg.dataset == "cifar10" else (100, "CIFAR-100")
     root = Path(cfg.data_dir).expanduser()
     if folder_copy(cfg):  # an image-folder copy, e.g. --data-dir cifar10-jpeg.zip
         arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes, listed)
-        if len(arrays[4]) != num_classes:
-            raise DataError(
-                f"'{cfg.data_dir}' holds {len(arrays[4])} classes, not the {num_classes} of "
-                f"{name}; use --dataset imagefolder for it"
-            )
+        check_class_count(cfg, len(arrays[4]))
         return arrays
     from torchvision import datasets
 

@@ -18,6 +18,7 @@ from graftune.config import DataConfig
 from graftune.data.datasets import (
     ImageSet,
     channel_stats,
+    check_class_count,
     folder_copy,
     load_in_memory,
     subset_index,
@@ -100,6 +101,8 @@ def load_dataset(cfg: DataConfig) -> ImageSet | StreamSet:
         cfg.data_mode = "memory"
         return load_in_memory(cfg)
     listing = list_images(cfg.data_dir, cfg.max_image_bytes) if cfg.data_mode != "memory" else None
+    if listing is not None:
+        check_class_count(cfg, len(listing.classes))
     if listing is not None and cfg.data_mode == "auto":
         cfg.data_mode = _auto_mode(listing, cfg.memory_budget)
     if cfg.data_mode == "memory":
