@@ -2,6 +2,8 @@
 
 python benchmarks/accuracy_table.py runs/accuracy/mlflow.db
 
+soup: the population's average weights as one network, BatchNorm re-estimated (at the run's
+end, or later by python -m graftune.soup RUN_ID); "-" where the run has none.
 * the best accuracy of any round, chosen on the test set (the authors' figure): optimistic.
 """
 
@@ -17,10 +19,10 @@ def main() -> None:
     experiment = client.get_experiment_by_name("accuracy")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     print(
-        "| run | status | rounds | per-network test acc (%) | mean | best | ensemble "
+        "| run | status | rounds | per-network test acc (%) | mean | best | ensemble | soup "
         "| best over rounds* | wall (min) |"
     )
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         metrics = run.data.metrics
         if "population/mean_test_acc" not in metrics:  # started, no round finished yet
@@ -31,11 +33,13 @@ def main() -> None:
         end = run.info.end_time or run.info.start_time
         over = metrics.get("population/best_test_acc_over_rounds")  # absent before issue 11
         over = "-" if over is None else f"{100 * over:.2f}"
+        soup = metrics.get("population/soup_test_acc")  # the last logged: a rescore wins
+        soup = "-" if soup is None else f"{100 * soup:.2f}"
         print(
             f"| {run.info.run_name} | {run.info.status} | {rounds} | {nets} | "
             f"{100 * metrics['population/mean_test_acc']:.2f} | "
             f"{100 * metrics['population/best_test_acc']:.2f} | "
-            f"{100 * metrics['population/ensemble_test_acc']:.2f} | {over} | "
+            f"{100 * metrics['population/ensemble_test_acc']:.2f} | {soup} | {over} | "
             f"{(end - run.info.start_time) / 60000:.1f} |"
         )
 

@@ -212,19 +212,19 @@ def models_of(group) -> list[dict]:
 def interrupted_in_round(monkeypatch, round_index: int, run) -> None:
     """Call ``run()`` with a stop (KeyboardInterrupt) raised in ``round_index`` after its
     evaluation, before its graft is recorded: that round is not finished."""
-    import graftune.population.population as population_module
+    import graftune.population.exchange as exchange_module
 
-    records = population_module.graft_records
+    records = exchange_module.graft_records
 
     def stop(index, network, rows):
         if index == round_index:
             raise KeyboardInterrupt
         return records(index, network, rows)
 
-    monkeypatch.setattr(population_module, "graft_records", stop)
+    monkeypatch.setattr(exchange_module, "graft_records", stop)
     with pytest.raises(KeyboardInterrupt):
         run()
-    monkeypatch.setattr(population_module, "graft_records", records)
+    monkeypatch.setattr(exchange_module, "graft_records", records)
 
 
 def tiny_config(model: str, k: int, **overrides) -> Config:

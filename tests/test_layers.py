@@ -23,6 +23,7 @@ LAYERS = {
     "run": 6,
     "tune": 6,
     "reproduce": 6,
+    "soup": 6,
 }
 
 

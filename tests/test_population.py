@@ -45,7 +45,8 @@ def test_two_round_run_is_tracked_in_mlflow(tmp_path, capsys):
     # two rounds, one graft: none after the last interval
     assert len(rows) - 1 == 1 * 3 * len(find_graft_units(create_model("tiny_cnn")))
     assert {a.path for a in client.list_artifacts(run_id, "weights")} == {
-        f"weights/net{k}.pt" for k in range(3)
+        *(f"weights/net{k}.pt" for k in range(3)),
+        "weights/soup.pt",  # --soup end, the default
     }
 
 

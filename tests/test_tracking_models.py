@@ -71,7 +71,14 @@ def test_every_network_loads_back_and_predicts_like_the_checkpoint(finished):
     for key in ["net0/test_acc", "population/mean_test_acc"]:  # linked to models, not repeated
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
     models = client.search_logged_models([mlflow_run.info.experiment_id])
-    assert sorted(m.name for m in models) == ["net0", "net1"]
+    assert sorted(m.name for m in models) == ["net0", "net1", "soup"]  # --soup end, the default
+    (soup,) = [m for m in models if m.name == "soup"]
+    soup_metrics = {m.key: m.value for m in soup.metrics}
+    assert (
+        soup_metrics["population/soup_test_acc"]
+        == (mlflow_run.data.metrics["population/soup_test_acc"])
+    )
+    models = [m for m in models if m.name != "soup"]
     best = mlflow_run.data.tags["graftune.best_model"]
     accuracies = [mlflow_run.data.metrics[f"net{k}/test_acc"] for k in range(2)]
     assert best == f"net{int(np.argmax(accuracies))}"

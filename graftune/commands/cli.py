@@ -15,7 +15,7 @@ from graftune.config import (
     read_yaml,
     setting_choices,
     setting_sections,
-    with_overrides,
+    with_recipe,
 )
 
 EXIT_BAD_INPUT = 2
@@ -72,12 +72,14 @@ def add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             group.add_argument(flag_name(f.name), **options)
 
 
-def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    """Defaults (or ``base``), then the ``--config`` file, then the flags the user typed."""
-    config = base or Config()
-    if getattr(args, "config", None):
-        config = with_overrides(config, read_yaml(args.config))
-    return with_overrides(config, typed_settings(args))
+def config_from_args(
+    args: argparse.Namespace, base: Config | None = None, dataset: str = ""
+) -> Config:
+    """Defaults (or ``base``), then the ``--config`` file, then the flags the user typed.
+    Without ``base``, a dataset's recipe (``--dataset imagenet``) replaces the defaults, so
+    the file and the flags still win over it; ``dataset``: the one neither names."""
+    from_file = read_yaml(args.config) if getattr(args, "config", None) else {}
+    return with_recipe(base, from_file, typed_settings(args), dataset=dataset)
 
 
 def typed_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -148,6 +148,8 @@ def print_summary(result) -> None:
     table.add_row("mean", f"{p['mean_test_acc']:.2%}", "")
     table.add_row("best", f"{p['best_test_acc']:.2%}", "")
     table.add_row("ensemble", f"{p['ensemble_test_acc']:.2%}", "")
+    if "soup_test_acc" in p:  # one network: the average weights, BatchNorm re-estimated
+        table.add_row("soup", f"{p['soup_test_acc']:.2%}", "")
     if "best_test_acc_over_rounds" in p:  # the authors' figure; chosen on the test set
         table.add_row("best over rounds*", f"{p['best_test_acc_over_rounds']:.2%}", "")
         table.caption = "* the best of any round, picked on the test set: optimistic"
@@ -159,4 +161,6 @@ def print_summary(result) -> None:
         uri = f"runs:/{result.run_id}/net{result.best}"
         registered = f"; registered as {result.registered}" if result.registered else ""
         print(f"best network: net{result.best}, mlflow.pytorch.load_model({uri!r}){registered}")
+    if result.soup is not None and result.model_ids:
+        print(f"soup: mlflow.pytorch.load_model({f'runs:/{result.run_id}/soup'!r})")
     print(f"browse it:  {browse_command(result.tracking_uri)}")

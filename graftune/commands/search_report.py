@@ -15,6 +15,9 @@ from graftune.tracking.description import search_description
 from graftune.tracking.tracker import BEST_MODEL_ID_TAG, REGISTERED_TAG, Tracker, browse_command
 
 METRICS = ("mean_test_acc", "best_test_acc", "ensemble_test_acc")
+# The soup's accuracy is reported only with --soup every_round: a search metric must be
+# reported every round (ASHA compares trials at every rung).
+SOUP_METRIC = "soup_test_acc"
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -24,7 +27,8 @@ def describe(params: dict[str, Any], metrics: dict[str, Any]) -> str:
     values = "  ".join(f"{k}={_short(v)}" for k, v in trial_overrides(params).items())
     if "round" not in metrics:
         return values
-    accuracies = "  ".join(f"{k.split('_')[0]} {metrics[k]:.2%}" for k in METRICS)
+    shown = [k for k in (*METRICS, SOUP_METRIC) if k in metrics]
+    accuracies = "  ".join(f"{k.split('_')[0]} {metrics[k]:.2%}" for k in shown)
     return f"{values} | round {metrics['round']}/{metrics.get('num_rounds', '?')}: {accuracies}"
 
 
@@ -48,7 +52,11 @@ def report_best(results, state: SearchState, tracker: Tracker) -> dict[str, Any]
         "mode": "max",
         "value": best.metrics[metric],
         "config": chosen,
-        "metrics": {k: best.metrics[k] for k in (*METRICS, "round", "num_rounds")},
+        "metrics": {
+            k: best.metrics[k]
+            for k in (*METRICS, SOUP_METRIC, "round", "num_rounds")
+            if k in best.metrics
+        },
         "trial_id": best.metrics.get("trial_id"),
         "trial_run_id": best.metrics.get("run_id"),
         "parent_run_id": state.parent_run_id,

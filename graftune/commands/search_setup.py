@@ -10,6 +10,7 @@ from pathlib import Path
 from ray import tune
 
 from graftune.commands.cli import config_from_args, typed_settings
+from graftune.commands.search_report import SOUP_METRIC
 from graftune.commands.search_state import STATE_FILE, SearchState
 from graftune.commands.searchspace import load_search_space
 from graftune.commands.startup import writable_folder
@@ -53,6 +54,11 @@ def prepare(args: argparse.Namespace) -> tuple[Config, SearchState]:
         )
     writable_folder(args.output or str(path / "best.json"), "--output", is_file=True)
     config = validate(config_from_args(args), known_models=list_models())
+    if args.metric == SOUP_METRIC and config.population.soup != "every_round":
+        raise ConfigError(
+            f"--metric {SOUP_METRIC} needs --soup every_round (a trial reports it "
+            "only in the rounds that make a soup)"
+        )
     space = load_search_space(args.search_space, config, list_models())
     fixed = sorted(set(typed_settings(args)) & set(space.settings))
     if fixed:

@@ -18,7 +18,7 @@ import ray
 from graftune.commands.cli import OneLineParser, add_setting_flags
 from graftune.commands.libraries import init_ray
 from graftune.commands.parent_run import INTERRUPTED, interrupted, start_search, stopped
-from graftune.commands.search_report import METRICS, report_best
+from graftune.commands.search_report import METRICS, SOUP_METRIC, report_best
 from graftune.commands.search_setup import prepare
 from graftune.commands.startup import Startup, bad_input_is_one_line, start
 from graftune.commands.trial_lines import TrialLines, console
@@ -47,7 +47,7 @@ def build_parser() -> OneLineParser:
     )
     add(
         "--metric",
-        choices=METRICS,
+        choices=(*METRICS, SOUP_METRIC),
         default="mean_test_acc",
         help="population metric to maximise, at each trial's last round",
     )

@@ -8,6 +8,7 @@ field give the reasons for a default that do not belong in ``--help``.
 """
 
 from graftune.config.overrides import flatten, from_flat, read_text, read_yaml, with_overrides
+from graftune.config.recipes import RECIPES, recipe_defaults, with_recipe
 from graftune.config.rules import RULES, one_network_per_worker, validate
 from graftune.config.settings import (
     SECTIONS,
@@ -26,6 +27,7 @@ from graftune.config.settings import (
 )
 
 __all__ = [
+    "RECIPES",
     "RULES",
     "SECTIONS",
     "Config",
@@ -42,9 +44,11 @@ __all__ = [
     "from_flat",
     "read_text",
     "read_yaml",
+    "recipe_defaults",
     "setting",
     "setting_choices",
     "setting_sections",
     "validate",
     "with_overrides",
+    "with_recipe",
 ]

@@ -58,6 +58,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "interval_steps": at_least(0, "(0 = use epochs)"),
     "start_round": at_least(1),
     "bn_recalibrate_batches": at_least(0),
+    "average_rate": UNIT_INTERVAL,
+    "soup_bn_batches": at_least(0, "(0 = keep the averaged BatchNorm statistics)"),
     "epochs": at_least(1),
     "batch_size": at_least(1),
     "eval_batch_size": at_least(1),
@@ -143,12 +145,19 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
             f"--num-models must be >= 2 when --source is network (a ring needs a predecessor); "
             f"got {p.num_models}. Use --source none to train one network alone."
         )
+    if p.asynchronous and (g.source == "average" or p.soup == "every_round"):
+        what = "--source average" if g.source == "average" else "--soup every_round"
+        raise ConfigError(
+            f"{what} needs synchronous rounds (the whole population at once); drop --asynchronous"
+        )
     if p.fuse == "on" and (unfused := one_network_per_worker(config)):
         raise ConfigError(f"--fuse on cannot be combined with {unfused}")
     if config.tracking.register_model and not config.tracking.log_models:
         raise ConfigError("--register-model needs the MLflow models; drop --no-log-models")
     if d.data_mode == "stream" and d.dataset == "synthetic":
         raise ConfigError("--data-mode stream reads image files; --dataset synthetic has none")
-    if d.dataset == "imagefolder" and not d.data_dir:
-        raise ConfigError("--data-dir must name the image folder or .zip for --dataset imagefolder")
+    if d.dataset in ("imagefolder", "imagenet") and not d.data_dir:
+        raise ConfigError(
+            f"--data-dir must name the image folder or .zip for --dataset {d.dataset}"
+        )
     return config

@@ -34,7 +34,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["cifar10", "cifar100", "imagefolder", "synthetic"] = setting(
+    dataset: Literal["cifar10", "cifar100", "imagefolder", "imagenet", "synthetic"] = setting(
         "cifar10", "imagefolder reads --data-dir, a folder or .zip with train/ and test/ (or val/)"
     )
     data_dir: str = setting("./data", "torchvision's root, or the image folder or zip")
@@ -85,8 +85,10 @@ class TrainConfig:
 
 @dataclass
 class GraftConfig:
-    source: Literal["network", "noise", "none"] = setting(
-        "network", "network (ring predecessor) | noise (control) | none (baseline)"
+    source: Literal["network", "noise", "none", "average"] = setting(
+        "network",
+        "network (ring predecessor) | noise (control) | none (baseline) | average (PAPA: "
+        "every network moves toward the population's average weights)",
     )
     level: Literal["layer", "filter"] = setting(
         "layer", "layer (one alpha per unit) | filter (only the invalid filters)"
@@ -102,6 +104,9 @@ class GraftConfig:
         "layer", "layer (Eq. 6, whole unit at once) | filter_sum (Eq. 5)"
     )
     invalid_share: float = setting(0.2, "filter level: lowest-entropy share that is grafted")
+    # PAPA's code: w <- 0.99 w + 0.01 average every 10 SGD steps (--interval-steps 10); its
+    # README suggests 1 - 0.999 ** steps for other intervals. 1 = PAPA-all (the average).
+    average_rate: float = setting(0.01, "--source average: share of the way to the average")
     interval_epochs: float = setting(1.0, "train this many epochs between grafts ...")
     interval_steps: int = setting(0, "... or this many optimizer steps, when > 0")
     start_round: int = setting(1, "first round that ends with a graft (later = train apart first)")
@@ -128,6 +133,11 @@ class PopulationConfig:
     fuse: Literal["auto", "on", "off"] = setting(
         "auto", "on: a worker per device trains its networks in one step; auto = on with GPUs"
     )
+    # The soup is one network's cost at test time; every_round also tracks it as it trains.
+    soup: Literal["end", "every_round", "off"] = setting(
+        "end", "evaluate the soup (the networks' average weights) at the end, every round or not"
+    )
+    soup_bn_batches: int = setting(50, "training batches that re-estimate the soup's BatchNorm")
     fused_step: Literal["grouped", "vmap"] = setting(
         "grouped", "fused networks as one wide network (where it equals vmap), or torch.func.vmap"
     )

@@ -24,7 +24,7 @@ StateLike = Mapping[str, "torch.Tensor | np.ndarray"]
 class GraftPolicy:
     """How one network takes weights from its source; defaults are the authors' settings."""
 
-    source: str = "network"  # network | noise | none
+    source: str = "network"  # network | noise | none | average (no graft: core.average)
     level: str = "layer"  # layer | filter
     weighting: str = "adaptive"  # adaptive (Eq. 7) | fixed
     A: float = 0.4
@@ -95,7 +95,7 @@ def graft(
         and ``filters``, the number of output filters that were mixed.
     """
     new_state = {k: as_tensor(v) for k, v in receiver.items()}
-    if policy.source == "none":
+    if policy.source in ("none", "average"):  # averaging is not a graft: core.average
         return new_state, []
     if policy.source == "noise":
         source = noise_source(receiver, units, generator)

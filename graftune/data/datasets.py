@@ -33,7 +33,7 @@ class ImageSet:
 
 def folder_copy(cfg: DataConfig) -> bool:
     """Does ``cfg`` read an image folder or zip (which may be streamed)?"""
-    if cfg.dataset == "imagefolder":
+    if cfg.dataset in ("imagefolder", "imagenet"):
         return True
     root = Path(cfg.data_dir).expanduser()
     return cfg.dataset in ("cifar10", "cifar100") and (
@@ -49,11 +49,12 @@ def load_in_memory(cfg: DataConfig, listed: bool = False) -> ImageSet:
         arrays = _synthetic(cfg.synthetic_size, cfg.synthetic_classes)
     elif cfg.dataset in ("cifar10", "cifar100"):
         arrays = _cifar(cfg, listed)
-    elif cfg.dataset == "imagefolder":
+    elif cfg.dataset in ("imagefolder", "imagenet"):  # imagenet: the same reader, a recipe
         arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes, listed)
     else:
         raise DataError(
-            f"--dataset must be cifar10, cifar100, imagefolder or synthetic; got {cfg.dataset!r}"
+            "--dataset must be cifar10, cifar100, imagefolder, imagenet or synthetic; "
+            f"got {cfg.dataset!r}"
         )
     train_x, train_y, test_x, test_y, classes = arrays
     # Fixed seeds: every network of a population, and a resumed run, sees the same images.

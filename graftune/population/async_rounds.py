@@ -20,7 +20,9 @@ from typing import Any
 
 import ray
 
+from graftune.core.average import population_average
 from graftune.core.graft import predecessor
+from graftune.population.exchange import add_soup, soup_due, start_soup
 from graftune.population.population import WORKER_LOSS, Population, RoundResult
 from graftune.population.ring import graft_records, grafts_in_round, restore_donor
 
@@ -180,11 +182,13 @@ def _result(population: Population, round_index: int, done: dict[int, NetworkRou
             evaluations[k]["test_acc_grafted"] = ray.get(n.grafted)[0]["test_acc"]
     population.set_restart_point([n.state for n in networks])
     events = population.take_events() + [e for n in networks for e in n.events]
-    return population.round_result(
-        round_index,
-        [n.train for n in networks],
-        evaluations,
-        records,
-        events,
-        restored={k for k, n in enumerate(networks) if n.events},
+    restored = {k for k, n in enumerate(networks) if n.events}
+    result = population.round_result(
+        round_index, [n.train for n in networks], evaluations, records, events, restored
     )
+    if soup_due(population.config, round_index, population.num_rounds):  # the last round
+        include = [k for k in range(population.size) if k not in restored]
+        models = [ray.get(networks[k].state)[0]["model"] for k in include]
+        soup = start_soup(population, ray.put(population_average(models)), include)
+        add_soup(result, ray.get(soup))
+    return result

@@ -14,15 +14,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from graftune.config import Config, flatten
 from graftune.core import population_summary
-from graftune.core.graft import predecessor
+from graftune.population.exchange import add_soup, average_of, exchange, soup_due, start_soup
 from graftune.population.liveness import dead_workers, death_line, lost_call_line
 from graftune.population.resources import largest_node_cpus, worker_layout
-from graftune.population.ring import (
-    graft_records,
-    grafts_in_round,
-    restore_donor,
-    restored_event,
-)
+from graftune.population.ring import grafts_in_round, restore_donor, restored_event
 from graftune.population.worker import GraftWorker
 
 log = logging.getLogger("graftune")
@@ -38,6 +33,7 @@ class RoundResult:
     records: list[dict[str, Any]] = field(default_factory=list)  # entropy/alpha per unit
     events: list[str] = field(default_factory=list)  # restarts and restorations, as text
     skipped_images: int = 0  # a streamed set's images that failed to decode, so far
+    soup: dict[str, Any] | None = None  # the soup's weights, in a round that made one
 
     def as_history(self) -> dict[str, Any]:
         return {"round": self.round, "networks": self.networks, "population": self.population}
@@ -151,11 +147,12 @@ class Population:
         )
         self.commit()
 
-    def snapshot_refs(self) -> list[ray.ObjectRef]:
-        """One object-store entry per network's graft snapshot, in network order."""
+    def snapshot_refs(self, method: str = "snapshots") -> list[ray.ObjectRef]:
+        """One object-store entry per network's graft snapshot (or, with ``unit_states``,
+        all its floating-point tensors), in network order."""
         refs = []
         for actor, group in zip(self.actors, self.groups):
-            out = actor.snapshots.options(num_returns=len(group)).remote()
+            out = getattr(actor, method).options(num_returns=len(group)).remote()
             refs += out if len(group) > 1 else [out]
         return refs
 
@@ -208,42 +205,27 @@ class Population:
         self.info[a] = ray.get(self.actors[a].info.remote())
 
     def _round(self, round_index: int) -> RoundResult:
-        """Train, evaluate the trained networks (the round's metrics), then graft, except
-        after the last interval: what is reported and kept is always a trained network."""
+        """Train, evaluate the trained networks (the round's metrics; with the soup, theirs
+        too), then exchange, except after the last interval: what is reported and kept is
+        always a trained network."""
         events = self.take_events()
         train = self.per_network([a.train_interval.remote() for a in self.actors])
         restored = self._restore_diverged(train, events)
         evaluations = self.per_network([a.evaluate.remote(True) for a in self.actors])
+        include = [k for k in range(self.size) if k not in restored]
+        exchanging = grafts_in_round(self.config, round_index, self.num_rounds)
+        souping = soup_due(self.config, round_index, self.num_rounds)
+        averaging = exchanging and self.config.graft.source == "average"
+        # One average of the trained networks serves both, read before any exchange.
+        average = average_of(self, include) if souping or averaging else None
+        soup = start_soup(self, average, include) if souping else None
         records: list[dict[str, Any]] = []
-        if grafts_in_round(self.config, round_index, self.num_rounds):
-            # Every snapshot is requested before any graft, and each actor runs its calls in
-            # order, so every graft reads its predecessor's pre-graft weights; a predecessor
-            # on the same actor is read there, on the device, before any of its grafts.
-            grafting = self.config.graft.source == "network"
-            distilling = self.config.train.distill_weight > 0
-            snapshots = self.snapshot_refs() if grafting or distilling else None
-            grafts = []
-            for actor, group in zip(self.actors, self.groups):
-                sources = [self._source(k, group, snapshots) for k in group]
-                teachers = sources if distilling else None  # the predecessor, pre-graft
-                if not grafting:
-                    sources = [None] * len(group)
-                grafts.append(actor.graft_from.remote(sources, teachers))
-            for k, rows in enumerate(self.per_network(grafts)):
-                records += graft_records(round_index, k, rows)
-            if self.config.graft.eval_after_graft:
-                grafted = self.per_network([a.evaluate.remote(False) for a in self.actors])
-                for evaluation, after in zip(evaluations, grafted):
-                    evaluation["test_acc_grafted"] = after["test_acc"]
-        return self.round_result(round_index, train, evaluations, records, events, restored)
-
-    def _source(self, k: int, group: list[int], snapshots: list | None):
-        """Network k's graft source: its predecessor's slot when the same actor holds it,
-        else the predecessor's snapshot in the object store; None for noise."""
-        if snapshots is None:
-            return None
-        source = predecessor(k, self.size)
-        return group.index(source) if source in group else snapshots[source]
+        if exchanging:
+            records = exchange(self, round_index, evaluations, average, include)
+        result = self.round_result(round_index, train, evaluations, records, events, restored)
+        if soup is not None:
+            add_soup(result, ray.get(soup))
+        return result
 
     def round_result(self, round_index, train, evaluations, records, events, restored):
         """Per-network metrics and the population's mean, best and ensemble accuracy."""

@@ -25,6 +25,7 @@ from graftune.data.loader import loader_workers
 from graftune.population.resources import worker_threads
 from graftune.training.fused import FusedTrainer
 from graftune.training.group import TrainerGroup
+from graftune.training.soup import Soup
 from graftune.training.trainer import Source
 
 HEALTH = "health"  # a concurrency group of its own: answers while an interval trains
@@ -66,6 +67,8 @@ class GraftWorker:
         group = FusedTrainer if fused else TrainerGroup
         self.networks = group(config, indices, data, device=device)
         self.fused = fused
+        self.config, self.data = config, data
+        self._soup: Soup | None = None  # built on first use: most workers never make one
 
     def info(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
@@ -114,6 +117,28 @@ class GraftWorker:
         if teachers is not None:
             self.networks.set_teachers(fetch(teachers))
         return self.networks.apply_grafts(fetch(sources))
+
+    def unit_states(self) -> list[Snapshot] | Snapshot:
+        # Called with num_returns = networks held, as snapshots: one entry per network.
+        states = self.networks.unit_states()
+        return states if len(states) > 1 else states[0]
+
+    def average_toward(self, average: Any, rate: float, include: list[int]) -> bool:
+        """Move every network toward ``average`` (Ray resolves the driver's ref before the
+        call; None: the average of this worker's slots ``include``, computed on its device)
+        by ``rate``."""
+        self.networks.move_toward_average(average, rate, include)
+        return True
+
+    def soup(self, average: Any, include: list[int], bn_batches: int) -> dict[str, Any]:
+        """The soup of ``average`` (as in :meth:`average_toward`): its BatchNorm statistics
+        recomputed on ``bn_batches`` training batches, its test accuracy and loss, and its
+        weights (``state``)."""
+        if average is None:
+            average = self.networks.average(include)
+        if self._soup is None:
+            self._soup = Soup(self.config, self.data, device=str(self.networks.device))
+        return self._soup.evaluate(average, bn_batches)
 
     def load_weights(self, slot: int, snapshot: Snapshot) -> bool:
         return self.networks.load_weights(slot, snapshot)

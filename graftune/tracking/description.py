@@ -81,8 +81,9 @@ def final_table(final: dict[str, Any], best: int | None) -> list[str]:
         mark = " (best)" if k == best else ""
         rows.append(f"| net{k}{mark} | {network['test_acc']:.2%} |")
     p = final["population"]
-    for name in ("mean", "best", "ensemble"):
-        rows.append(f"| **{name}** | **{p[f'{name}_test_acc']:.2%}** |")
+    for name in ("mean", "best", "ensemble", "soup"):
+        if f"{name}_test_acc" in p:  # the soup only where the run made one
+            rows.append(f"| **{name}** | **{p[f'{name}_test_acc']:.2%}** |")
     return rows
 
 

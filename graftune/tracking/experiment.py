@@ -35,7 +35,7 @@ from graftune.tracking.dataset_input import dataset_inputs
 from graftune.tracking.description import run_description
 from graftune.tracking.interrupt import RunStopped, exit_on_interrupt, stopped_line
 from graftune.tracking.lease import DriverLease, acquire, lease_path
-from graftune.tracking.logged_models import best_network, log_networks
+from graftune.tracking.logged_models import best_network, log_networks, log_soup
 from graftune.tracking.null_tracker import NullTracker
 from graftune.tracking.tracker import (
     BEST_MODEL_ID_TAG,
@@ -66,6 +66,7 @@ class ExperimentResult:
     states: list[dict[str, Any]] = field(default_factory=list, repr=False)  # final networks
     streamed: bool = False  # the images were decoded batch by batch, not held in memory
     skipped_images: int = 0  # streamed images that failed to decode mid-run (this session)
+    soup: dict[str, Any] | None = field(default=None, repr=False)  # the last soup's weights
 
     @property
     def final(self) -> dict[str, Any]:
@@ -209,6 +210,7 @@ def run_experiment(
             add_best_over_rounds(history, round_result)
             history.append(round_result.as_history())
             records.extend(round_result.records)
+            result.soup = round_result.soup if round_result.soup is not None else result.soup
             result.events.extend(round_result.events)
             tracker.log_round(round_result.round, round_result.networks, round_result.population)
             if data.streamed:  # a file damaged after the start-up check is skipped, counted
@@ -231,7 +233,7 @@ def run_experiment(
         result.best = best_network(result.final)
         result.states = population.states()
         if tracker.enabled:  # plots and exported models are made only to be logged
-            _log_final_artifacts(tracker, config, result.states, history, records)
+            _log_final_artifacts(tracker, config, result.states, history, records, result.soup)
             _log_final_networks(tracker, config, data, result.states, result)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -294,7 +296,7 @@ def _payload(config, round_index, population, history, records) -> dict[str, Any
     }
 
 
-def _log_final_artifacts(tracker, config, states, history, records) -> None:
+def _log_final_artifacts(tracker, config, states, history, records, soup=None) -> None:
     tracker.log_table(records, RECORDS_ARTIFACT)
     if config.tracking.plots:
         from graftune.tracking import plots  # matplotlib costs half a second; --no-plots skips it
@@ -306,6 +308,8 @@ def _log_final_artifacts(tracker, config, states, history, records) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for k, state in enumerate(states):
                 torch.save(state["model"], Path(tmp) / f"net{k}.pt")
+            if soup is not None:
+                torch.save(soup, Path(tmp) / "soup.pt")
             tracker.log_artifacts(tmp, "weights")
 
 
@@ -329,6 +333,8 @@ def _log_final_networks(tracker, config, data, states, result: ExperimentResult)
             f"graftune: the networks were not logged as MLflow models ({reason})", stacklevel=2
         )
         return
+    if result.soup is not None:  # not in model_ids: those are net{k}'s, by k
+        log_soup(tracker, config.model.model, data, result.soup, result.final, flatten(config))
     best_id = result.model_ids[result.best]
     tracker.set_tag(BEST_MODEL_ID_TAG, best_id)
     if t.register_model:

@@ -103,3 +103,25 @@ def log_networks(
             )
         )
     return ids
+
+
+def log_soup(
+    tracker,
+    model: str,
+    data: ImageSet,
+    soup: dict[str, Any],
+    final: dict[str, Any],
+    params: dict[str, Any],
+) -> str:
+    """Log the soup (a state dict) as MLflow model ``soup`` of the tracker's run, like the
+    networks, with the population's final metrics (its own among them); returns its id."""
+    return tracker.log_model(
+        "soup",
+        image_classifier(model, soup, data),
+        input_example(data),
+        signature(data),
+        step=final["round"],
+        tags={BEST_TAG: "false"},
+        params=params,
+        metrics=[f"population/{name}" for name in final["population"]],
+    )

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 
 from graftune.config import Config
-from graftune.core.snapshot import Snapshot
+from graftune.core.average import move_toward, population_average
+from graftune.core.graft import StateLike
+from graftune.core.snapshot import Snapshot, pack
 from graftune.data import ImageSet
 from graftune.training.trainer import Source, Trainer
 
@@ -56,6 +58,27 @@ class TrainerGroup:
             for t, s in zip(self.trainers, sources)
         ]
 
+    def unit_states(self) -> list[Snapshot]:
+        """Every network's floating-point tensors (weights and BatchNorm statistics), one
+        packed buffer each: what the population averages."""
+        return [pack(state, float_keys(state)) for state in self._states()]
+
+    def average(self, include: Sequence[int]) -> dict[str, Any]:
+        """The average of the networks in slots ``include``, here, in slot order."""
+        return population_average([self._states()[j] for j in include])
+
+    def move_toward_average(self, average: StateLike | None, rate: float, include=()) -> None:
+        """Move every network toward ``average`` by ``rate``; None: toward the average of
+        the slots ``include`` of this worker (it holds the whole population)."""
+        if average is None:
+            average = self.average(include)
+        for state in self._states():
+            move_toward(state, average, rate)
+
+    def _states(self) -> list[dict[str, Any]]:
+        # state_dict() tensors share the parameters' storage: moving them moves the network
+        return [t.model.state_dict() for t in self.trainers]
+
     def load_weights(self, slot: int, snapshot: Mapping[str, np.ndarray]) -> bool:
         self.trainers[slot].load_weights(snapshot)
         return self.trainers[slot].weights_finite()
@@ -67,3 +90,8 @@ class TrainerGroup:
         for trainer, state in zip(self.trainers, states):
             trainer.load_state_dict(state)
         return self.trainers[0].step
+
+
+def float_keys(state: Mapping[str, Any]) -> list[str]:
+    """The keys of a state dict that averaging moves: its floating-point tensors."""
+    return [k for k, v in state.items() if v.is_floating_point()]

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from graftune.core import graft
-from graftune.core.graft import as_tensor
+from graftune.core.average import population_average
+from graftune.core.graft import StateLike, as_tensor
 from graftune.core.snapshot import Snapshot, pack
 from graftune.training.trainer import Source, Trainer
 
@@ -37,6 +38,29 @@ class StackedNetworks:
     def snapshots(self) -> list[Snapshot]:
         """Every network's graft-unit tensors, one packed buffer each."""
         return [pack(self.weights(j), self.unit_keys) for j in range(self.size)]
+
+    def unit_states(self) -> list[Snapshot]:
+        """Every network's floating-point tensors, one packed buffer each (as a separate
+        Trainer's: what the population averages)."""
+        keys = [k for k, v in {**self.params, **self.buffers}.items() if v.is_floating_point()]
+        return [pack(self.weights(j), keys) for j in range(self.size)]
+
+    def average(self, include: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The average of the networks in slots ``include``, on the device, in slot order:
+        the arithmetic the driver does for networks on separate workers."""
+        return population_average([self.weights(j) for j in include])
+
+    @torch.no_grad()
+    def move_toward_average(self, average: StateLike | None, rate: float, include=()) -> None:
+        """Move every network toward ``average`` (None: the average of the slots
+        ``include``) by ``rate``, all networks of a tensor in one lerp: the same per-element
+        arithmetic as one lerp per network. Momentum stays each network's own."""
+        if average is None:
+            average = self.average(include)
+        for key, stacked in {**self.params, **self.buffers}.items():
+            if key in average and stacked.is_floating_point():
+                goal = as_tensor(average[key]).to(self.device, stacked.dtype)
+                stacked.lerp_(goal.unsqueeze(0).expand_as(stacked), rate)
 
     @torch.no_grad()
     def apply_grafts(
