@@ -91,7 +91,7 @@ def run_arm(config: Config, data, device: str, paired: bool, progress: bool = Fa
     if device == "cuda":
         torch.cuda.synchronize()
     wall = time.time() - start
-    images = trainer.total_steps * trainer.batches[0].batch_size * len(indices)
+    images = trainer.total_steps * trainer.batches.batch_size * len(indices)
     return {"rounds": rows, "wall_s": wall, "train_img_per_s": images / wall}
 
 

@@ -438,7 +438,7 @@ def test_a_submitted_population_spreads_over_both_nodes_and_logs_to_mlflow(clust
     )
     logs = wait_for_job(cluster, submission_id)
     client, run = run_of(logs, cluster)
-    assert "on imagefolder (16 train / 8 test images)" in " ".join(logs.split())
+    assert "on imagefolder (16 train / 8 test images, in memory" in " ".join(logs.split())
 
     nodes = [w["node_id"] for w in json.loads(run.data.tags["graftune.workers"])]
     assert len(nodes) == 2 and set(nodes) == {cluster.head_node, cluster.worker_node}
@@ -462,6 +462,27 @@ def test_a_submitted_population_spreads_over_both_nodes_and_logs_to_mlflow(clust
         f.relative_to(packages[0]).parts[0] for f in files
     }
     assert sum(f.stat().st_size for f in files) < 5 * 2**20
+
+
+@pytest.mark.slow
+def test_a_submitted_streamed_set_is_read_on_every_node(cluster, tmp_path):
+    """A streamed zip at a path both nodes see (as a shared filesystem gives them): only its
+    listing travels, each worker decodes its own batches, none is skipped."""
+    write_tiny_image_zip(tmp_path / "tiny.zip")
+    submission_id = submit(
+        cluster,
+        *"--num-models 2 --model tiny_cnn --dataset imagefolder --epochs 1".split(),
+        *("--data-dir", str(tmp_path / "tiny.zip"), "--data-mode", "stream"),
+        *"--image-size 16 --batch-size 4 --placement SPREAD --no-plots".split(),
+    )
+    logs = wait_for_job(cluster, submission_id)
+    client, run = run_of(logs, cluster)
+    assert "(16 train / 8 test images, streamed at 16 px)" in " ".join(logs.split())
+    assert "images skipped as damaged: 0" in logs
+    nodes = [w["node_id"] for w in json.loads(run.data.tags["graftune.workers"])]
+    assert set(nodes) == {cluster.head_node, cluster.worker_node}
+    assert run.data.params["data/data_mode"] == "stream"
+    assert run.data.metrics["data/skipped_images"] == 0
 
 
 @pytest.mark.slow

@@ -95,8 +95,9 @@ def test_mismatched_test_classes(tmp_path):
 def test_odd_image_size_names_the_file(tmp_path):
     folder = make_folder(tmp_path / "src")
     Image.new("RGB", (9, 8)).save(folder / "train/zebra/0001.png")
-    with pytest.raises(DataError, match=r"train/zebra/0001\.png.*one size"):
-        load_dataset(folder_config(folder))
+    with pytest.raises(DataError, match=r"train/zebra/0001\.png.*one size.*--data-mode"):
+        load_dataset(folder_config(folder, data_mode="memory"))
+    assert load_dataset(folder_config(folder)).streamed  # auto streams mixed sizes
 
 
 def test_missing_path_mentions_data_dir(tmp_path):
@@ -107,7 +108,7 @@ def test_missing_path_mentions_data_dir(tmp_path):
 def test_second_load_comes_from_cache(tmp_path):
     archive = zip_folder(make_folder(tmp_path / "src"), tmp_path / "tiny.zip")
     first = load_dataset(folder_config(archive))
-    caches = list((tmp_path / "cache").glob("*.npz"))
+    caches = list((tmp_path / "cache").glob("imagefolder-*.npz"))
     assert len(caches) == 1 and not list((tmp_path / "cache").glob("*.tmp"))
     second = load_dataset(folder_config(archive))
     assert first.classes == second.classes
@@ -331,7 +332,8 @@ def test_image_too_large_is_refused_from_its_header(tmp_path, kind, width, heigh
 
 def test_image_size_is_checked_before_decoding(tmp_path):
     members = good_members() | {"train/bee/2.png": png_claiming(9, 8)}  # the 8x8 pixels
-    assert "is 9x8 but the first image is 8x8" in refusal(build(tmp_path, "zip", members))
+    path = build(tmp_path, "zip", members)
+    assert "is 9x8 but the first image is 8x8" in refusal(path, data_mode="memory")
 
 
 def test_images_too_many_for_memory_are_refused(tmp_path, monkeypatch):

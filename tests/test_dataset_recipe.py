@@ -88,9 +88,11 @@ def test_imagenet_needs_a_data_dir():
         validate(configured("--dataset", "imagenet", "--data-dir", ""))
 
 
-def test_imagenet_reads_an_image_folder(tmp_path):
+def test_imagenet_streams_an_image_folder_at_224_unless_told_otherwise(tmp_path):
     path = build(tmp_path, "folder", good_members())
     data = load_dataset(configured("--dataset", "imagenet", "--data-dir", str(path)).data)
-    assert data.classes == ["ant", "bee"]
+    assert data.classes == ["ant", "bee"] and data.streamed and data.image_size == 224
+    assert data.train_labels.tolist() == [0, 0, 1, 1] and len(data.test_labels) == 4
+    argv = ("--dataset", "imagenet", "--data-dir", str(path), "--data-mode", "memory")
+    data = load_dataset(configured(*argv).data)
     assert data.train_images.shape == (4, 3, 8, 8) and data.train_images.dtype == np.uint8
-    assert len(data.test_labels) == 4

@@ -18,7 +18,7 @@ from graftune.commands.cli import OneLineParser, add_setting_flags, config_from_
 from graftune.commands.libraries import beyond_local_ray, init_ray
 from graftune.commands.startup import Startup, bad_input_is_one_line, start
 from graftune.config import Config, ConfigError, from_flat, validate
-from graftune.data import ImageSet
+from graftune.data import ImageSet, StreamSet, describe
 from graftune.models import list_models
 from graftune.tracking.checkpoint import Resume, check_compatible
 from graftune.tracking.interrupt import EXIT_INTERRUPTED, RunStopped, exit_on_interrupt
@@ -75,7 +75,7 @@ def checked(argv: list[str] | None) -> Startup:
     return startup
 
 
-def prepare(argv: list[str] | None) -> tuple[Config, ImageSet, Resume | None]:
+def prepare(argv: list[str] | None) -> tuple[Config, ImageSet | StreamSet, Resume | None]:
     """:func:`checked`, as the settings, the data and the stopped run (or None)."""
     startup = checked(argv)
     return startup.config, startup.data, startup.extra
@@ -104,7 +104,7 @@ def train(argv: list[str] | None) -> int:
     console.print(
         f"graftune: {config.population.num_models} x {config.model.model} on "
         f"{config.data.dataset} ({len(data.train_labels)} train / {len(data.test_labels)} test "
-        f"images), {where}"
+        f"images, {describe(data)}), {where}"
     )
     console.print(f"graftune: {placement_line(layout)}")
     columns = (TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn())
@@ -174,6 +174,8 @@ def print_summary(result) -> None:
         table.add_row("best over rounds*", f"{p['best_test_acc_over_rounds']:.2%}", "")
         table.caption = "* the best of any round, picked on the test set: optimistic"
     Console().print(table)
+    if result.streamed:  # a damaged file met mid-run was skipped and named once when met
+        print(f"images skipped as damaged: {result.skipped_images}")
     print(f"MLflow run: {result.run_id}")
     if result.model_ids:
         uri = f"runs:/{result.run_id}/net{result.best}"

@@ -26,6 +26,7 @@ from graftune.commands.trial_lines import TrialLines, console
 from graftune.commands.tuner import make_tuner
 from graftune.commands.worker_sizing import fit_workers
 from graftune.config import Config
+from graftune.data import describe
 from graftune.tracking.tracker import Tracker
 
 __all__ = ["INTERRUPTED", "TrialLines", "build_parser", "main"]
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         f"graftune.tune: {verb} search '{state.name}'{space}: {trials} "
         f"trial{'s' * (trials != 1)}, "
         f"{state.searcher}, {config.model.model} on {config.data.dataset} "
-        f"({len(data.train_labels)} train images), {where}"
+        f"({len(data.train_labels)} train images, {describe(data)}), {where}"
     )
     status = "FAILED"
     try:

@@ -34,6 +34,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "c": 500.0,
         "interval_epochs": 1.0,
         "interval_steps": 0,
+        # ImageNet's images differ in size and are far more than memory: streamed, cropped
+        # to 224 pixels as the authors' loader does
+        "data_mode": "stream",
+        "image_size": 224,
     },
 }
 

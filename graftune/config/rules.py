@@ -75,6 +75,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "synthetic_size": between(8, MAX_SYNTHETIC_SIZE, "(synthetic data is for tests)"),
     "synthetic_classes": between(2, MAX_SYNTHETIC_CLASSES, "(synthetic data is for tests)"),
     "max_image_bytes": at_least(1),
+    "memory_budget": at_least(1),
+    "image_size": (lambda v: v == 0 or v >= 8, "must be 0 (auto) or >= 8"),
+    "loader_workers": at_least(-1, "(-1 = from the worker's CPU share)"),
     "num_models": between(1, MAX_NUM_MODELS),
     "checkpoint_every": at_least(1),
     "cpus_per_worker": at_least(0, "(0 = share evenly)"),
@@ -151,6 +154,8 @@ def validate(config: Config, known_models: list[str] | None = None) -> Config:
         raise ConfigError(f"--fuse on cannot be combined with {unfused}")
     if config.tracking.register_model and not config.tracking.log_models:
         raise ConfigError("--register-model needs the MLflow models; drop --no-log-models")
+    if d.data_mode == "stream" and d.dataset == "synthetic":
+        raise ConfigError("--data-mode stream reads image files; --dataset synthetic has none")
     if d.dataset in ("imagefolder", "imagenet") and not d.data_dir:
         raise ConfigError(
             f"--data-dir must name the image folder or .zip for --dataset {d.dataset}"

@@ -35,7 +35,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: Literal["cifar10", "cifar100", "imagefolder", "imagenet", "synthetic"] = setting(
-        "cifar10", "imagefolder reads --data-dir, a folder or .zip with train/ and test/"
+        "cifar10", "imagefolder reads --data-dir, a folder or .zip with train/ and test/ (or val/)"
     )
     data_dir: str = setting("./data", "torchvision's root, or the image folder or zip")
     download: bool = setting(True, "let torchvision fetch CIFAR when it is missing")
@@ -46,6 +46,17 @@ class DataConfig:
     # 16 MiB: room for a 2,300 x 2,300 RGB image, far more than a CNN here trains on; a zip or
     # PNG bomb declares more, and is refused from its header before anything is inflated.
     max_image_bytes: int = setting(16 * 2**20, "largest image file, and image decoded (W*H*3)")
+    # auto: a small set of one image size is decoded into memory once (fastest, and Ray
+    # shares the arrays); images of several sizes, or more than --memory-budget, are streamed.
+    data_mode: Literal["auto", "memory", "stream"] = setting(
+        "auto", "memory (decode all once) | stream (decode batch by batch) | auto"
+    )
+    # 4 GiB: CIFAR-10 decoded is 180 MiB; ImageNet at 224 pixels would be 190 GiB.
+    memory_budget: int = setting(4 * 2**30, "auto streams an image set larger than this, decoded")
+    image_size: int = setting(0, "side of the training crops when streaming; 0 = 224")
+    loader_workers: int = setting(-1, "decoding processes per worker; -1 = from its CPU share")
+    # One decode serves every network of a fused worker; each still has its own crops and flips.
+    shared_order: bool = setting(True, "streaming: a worker's networks see the same image order")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The decoded arrays of an image folder or zip, cached as one .npz: decoding is done once."""
+"""The decoded arrays of an image folder or zip (and a streamed set's listing), cached as one
+.npz each: decoding and header checks are done once."""
 
 from __future__ import annotations
 
@@ -29,15 +30,20 @@ def read_cache(file: Path) -> Arrays | None:
 
 
 def write_cache(file: Path, arrays: Arrays) -> None:
+    keys = ("train_images", "train_labels", "test_images", "test_labels")
+    write_arrays(file, {**dict(zip(keys, arrays[:4])), "classes": np.array(arrays[4])})
+
+
+def write_arrays(file: Path, arrays: dict[str, np.ndarray], what: str = "image cache") -> None:
+    """Write ``arrays`` as one .npz, atomically; a folder that cannot be written warns."""
     tmp = None
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:  # uncompressed: loads in well under a second
-            keys = ("train_images", "train_labels", "test_images", "test_labels")
-            np.savez(f, **dict(zip(keys, arrays[:4])), classes=np.array(arrays[4]))
+            np.savez(f, **arrays)
         os.replace(tmp, file)  # readers see the old file or the whole new one, never half
     except OSError as error:  # a read-only home must not stop training: decode next time
-        warnings.warn(f"graftune: could not write the image cache {file}: {error}", stacklevel=2)
+        warnings.warn(f"graftune: could not write the {what} {file}: {error}", stacklevel=2)
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

@@ -23,19 +23,34 @@ class ImageSet:
     mean: tuple[float, float, float]  # per channel, in [0, 1] units, of the train images
     std: tuple[float, float, float]
 
+    streamed = False  # see graftune.data.stream.StreamSet
+    mode = "memory"
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def load_dataset(cfg: DataConfig) -> ImageSet:
-    """Load ``cfg.dataset``, cut the fixed subsets and measure the train mean and std."""
+def folder_copy(cfg: DataConfig) -> bool:
+    """Does ``cfg`` read an image folder or zip (which may be streamed)?"""
+    if cfg.dataset in ("imagefolder", "imagenet"):
+        return True
+    root = Path(cfg.data_dir).expanduser()
+    return cfg.dataset in ("cifar10", "cifar100") and (
+        (root.is_file() and root.suffix.lower() == ".zip")
+        or ((root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()))
+    )
+
+
+def load_in_memory(cfg: DataConfig, listed: bool = False) -> ImageSet:
+    """Load ``cfg.dataset``, cut the fixed subsets and measure the train mean and std
+    (``listed``: an image folder's listing was checked and reported already)."""
     if cfg.dataset == "synthetic":
         arrays = _synthetic(cfg.synthetic_size, cfg.synthetic_classes)
     elif cfg.dataset in ("cifar10", "cifar100"):
-        arrays = _cifar(cfg)
+        arrays = _cifar(cfg, listed)
     elif cfg.dataset in ("imagefolder", "imagenet"):  # imagenet: the same reader, a recipe
-        arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes)
+        arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes, listed)
     else:
         raise DataError(
             "--dataset must be cifar10, cifar100, imagefolder, imagenet or synthetic; "
@@ -64,25 +79,36 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+def subset_index(count: int, size: int, seed: int) -> np.ndarray:
+    """The indices of the fixed subset of ``size`` of ``count`` images (0 or more: all)."""
+    if size <= 0 or size >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
+
+
 def _subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
     if size <= 0 or size >= len(labels):
         return images, labels
-    keep = np.sort(np.random.default_rng(seed).choice(len(labels), size, replace=False))
+    keep = subset_index(len(labels), size, seed)
     return np.ascontiguousarray(images[keep]), labels[keep]
 
 
-def _cifar(cfg: DataConfig) -> Arrays:
+def check_class_count(cfg: DataConfig, count: int) -> None:
+    """An image-folder copy named --dataset cifar10 or cifar100 must hold its classes."""
+    num_classes, name = (10, "CIFAR-10") if cfg.dataset == "cifar10" else (100, "CIFAR-100")
+    if cfg.dataset in ("cifar10", "cifar100") and count != num_classes:
+        raise DataError(
+            f"'{cfg.data_dir}' holds {count} classes, not the {num_classes} of {name}; use "
+            f"--dataset imagefolder for it"
+        )
+
+
+def _cifar(cfg: DataConfig, listed: bool = False) -> Arrays:
     num_classes, name = (10, "CIFAR-10") if cfg.dataset == "cifar10" else (100, "CIFAR-100")
     root = Path(cfg.data_dir).expanduser()
-    if (root.is_file() and root.suffix.lower() == ".zip") or (
-        (root / "train").is_dir() and (root / "test").is_dir()
-    ):  # an image-folder copy, e.g. --data-dir cifar10-jpeg.zip
-        arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes)
-        if len(arrays[4]) != num_classes:
-            raise DataError(
-                f"'{cfg.data_dir}' holds {len(arrays[4])} classes, not the {num_classes} of "
-                f"{name}; use --dataset imagefolder for it"
-            )
+    if folder_copy(cfg):  # an image-folder copy, e.g. --data-dir cifar10-jpeg.zip
+        arrays = read_image_folder(cfg.data_dir, cfg.max_image_bytes, listed)
+        check_class_count(cfg, len(arrays[4]))
         return arrays
     from torchvision import datasets
 

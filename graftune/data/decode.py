@@ -17,7 +17,7 @@ from graftune.data.cache import Arrays
 from graftune.data.errors import DataError
 
 SPLITS = ("train", "test")
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes of 16-bit PNGs
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grey modes of 16-bit PNGs
 
 
 def over_limit(limit: int) -> str:
@@ -64,8 +64,8 @@ def decode_images(
             pixels = None
             for i, (_, name) in enumerate(items):
                 source = read(name)
-                with _open_image(source, name, data_dir) as image:
-                    shape = _check_size(image.size, shape, limit, name, data_dir)
+                with open_image(source, name, data_dir) as image:
+                    shape = check_size(image.size, shape, limit, name, data_dir)
                     if pixels is None:
                         pixels = _allocate(len(items), total, shape, data_dir)
                     pixels[i] = _rgb(image, name, data_dir).transpose(2, 0, 1)
@@ -73,7 +73,7 @@ def decode_images(
     return (*out, classes)
 
 
-def _open_image(source: Path | io.BytesIO, name: str, data_dir: str) -> Image.Image:
+def open_image(source: Path | io.BytesIO, name: str, data_dir: str) -> Image.Image:
     """The image with its header read, its pixels not yet decoded."""
     try:
         return Image.open(source)
@@ -87,7 +87,7 @@ def _open_image(source: Path | io.BytesIO, name: str, data_dir: str) -> Image.Im
         raise DataError(f"cannot decode '{name}' in '{data_dir}': {reason}") from None
 
 
-def _check_size(
+def check_size(
     size: tuple[int, int], shape: tuple[int, int] | None, limit: int, name: str, data_dir: str
 ) -> tuple[int, int]:
     """(height, width) of an image, from its header: checked before a pixel is decoded, so
@@ -101,7 +101,8 @@ def _check_size(
     if shape is not None and (height, width) != shape:
         raise DataError(
             f"'{name}' in '{data_dir}' is {width}x{height} but the first image is "
-            f"{shape[1]}x{shape[0]}; all images must have one size"
+            f"{shape[1]}x{shape[0]}; all images must have one size in memory "
+            f"(--data-mode stream reads any size)"
         )
     return height, width
 
@@ -142,7 +143,7 @@ def _rgb(image: Image.Image, name: str, data_dir: str) -> np.ndarray:
     try:
         if image.mode == "RGB":
             return np.asarray(image)
-        if image.mode in _SIXTEEN_BIT:
+        if image.mode in SIXTEEN_BIT:
             grey = (np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8)
             return np.repeat(grey[:, :, None], 3, axis=2)
         return np.asarray(image.convert("RGB"))

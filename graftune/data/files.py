@@ -1,4 +1,5 @@
-"""Image folders and zips (train/<class>/, test/<class>/) read into uint8 arrays, cached.
+"""Image folders and zips (train/<class>/, and test/<class>/ or val/<class>/) read into uint8
+arrays, cached.
 
 With ``decode``, the one place that reads image files, so every damaged or hostile file is
 refused there, as a one-line DataError, before any actor starts. This module lists and opens
@@ -22,28 +23,53 @@ from graftune.data.cache import Arrays, cache_dir, read_cache, write_cache
 from graftune.data.decode import SPLITS, decode_images, over_limit, size_text
 from graftune.data.errors import DataError
 
-__all__ = ["FOLDER_HINT", "DataError", "read_image_folder"]
+__all__ = ["FOLDER_HINT", "DataError", "list_zip", "open_zip", "read_image_folder"]
+__all__ += ["read_member", "source_key"]  # for headers, which lists without decoding
 
+# ImageNet names its test split val/: either name is the test split, never both.
+SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "test"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-FOLDER_HINT = "a folder or .zip with train/ and test/ class folders"
+FOLDER_HINT = "a folder or .zip with train/ and test/ (or val/) class folders"
 # Bump when the cached layout, or what a folder or zip decodes to, changes: old caches are
 # not read. 2: nested folders, empty class folders and stray images are refused, not skipped,
-# and 16-bit grey images keep their top 8 bits instead of clipping to white.
-_CACHE_VERSION = 2
+# and 16-bit grey images keep their top 8 bits instead of clipping to white. 3: val/ is read
+# as the test split.
+_CACHE_VERSION = 3
 
 log = logging.getLogger(__name__)
 
 
-def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
+def read_image_folder(data_dir: str, max_image_bytes: int, listed: bool = False) -> Arrays:
     """train/<class>/* and test/<class>/* from a folder or a zip, cached once decoded.
 
     Args:
         data_dir: the folder, or the .zip (read member by member, never extracted).
         max_image_bytes: the largest image file to read, and the largest image decoded.
+        listed: the start-up listed it already (``headers``) and reported its non-images.
     Returns:
         Train images, train labels, test images, test labels (images uint8 N x 3 x H x W,
         labels int64 indices into the sorted class names), and the class names.
     """
+    path, listing, key = source_key(data_dir, max_image_bytes)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    cache = cache_dir() / f"imagefolder-{digest}.npz"
+    arrays = read_cache(cache)
+    if arrays is not None:
+        return arrays
+    if listing is None:
+        with open_zip(path, data_dir) as archive:
+            listing = list_zip(archive, data_dir, max_image_bytes)
+            read = lambda n: read_member(archive, n, data_dir)  # noqa: E731
+            arrays = _decode(listing, read, max_image_bytes, listed)
+    else:
+        arrays = _decode(listing, lambda n: path / n, max_image_bytes, listed)
+    write_cache(cache, arrays)
+    return arrays
+
+
+def source_key(data_dir: str, max_image_bytes: int) -> tuple[Path, Listing | None, str]:
+    """The folder or zip, its listing (a folder's; None for a zip, which is listed only when
+    needed) and a key that changes whenever an image, or the limit, does."""
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise DataError(f"'{data_dir}' does not exist; point --data-dir at {FOLDER_HINT}")
@@ -55,25 +81,13 @@ def read_image_folder(data_dir: str, max_image_bytes: int) -> Arrays:
         listing, files = _list_folder(path, data_dir, max_image_bytes)
         key = "\n".join(["dir", str(path.resolve()), *files])
     # The limit is part of the key: a cache decoded under a looser one is not reused.
-    key = f"v{_CACHE_VERSION}\nlimit {max_image_bytes}\n{key}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    cache = cache_dir() / f"imagefolder-{digest}.npz"
-    arrays = read_cache(cache)
-    if arrays is not None:
-        return arrays
-    if listing is None:
-        with _open_zip(path, data_dir) as archive:
-            listing = _list_zip(archive, data_dir, max_image_bytes)
-            arrays = _decode(listing, lambda n: _read_member(archive, n, data_dir), max_image_bytes)
-    else:
-        arrays = _decode(listing, lambda n: path / n, max_image_bytes)
-    write_cache(cache, arrays)
-    return arrays
+    return path, listing, f"v{_CACHE_VERSION}\nlimit {max_image_bytes}\n{key}"
 
 
-def _decode(listing: _Listing, read: Callable, limit: int) -> Arrays:
+def _decode(listing: Listing, read: Callable, limit: int, listed: bool) -> Arrays:
     classes = listing.classes()  # a refusal first: bad input is one line, not a warning too
-    listing.report_skipped()
+    if not listed:
+        listing.report_skipped()
     return decode_images(listing.images, classes, read, limit, listing.data_dir)
 
 
@@ -82,24 +96,37 @@ def _hidden(part: str) -> bool:
 
 
 @dataclass
-class _Listing:
+class Listing:
     """The entries of a folder or zip, sorted into images, class folders and the rest."""
 
     data_dir: str
     images: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # split: (class, name)
     folders: dict[str, dict[str, str]] = field(default_factory=dict)  # split: {class: its path}
     skipped: list[str] = field(default_factory=list)  # files that are not images to read
+    names: dict[str, str] = field(default_factory=dict)  # split: its folder's name (val/)
 
     def __post_init__(self) -> None:
         self.images = {split: [] for split in SPLITS}
         self.folders = {split: {} for split in SPLITS}
+        self.names = {split: split for split in SPLITS}
+
+    def _split(self, folder: str) -> str:
+        """The split a top folder holds; a set with both test/ and val/ is refused."""
+        split = SPLIT_FOLDERS[folder]
+        if self.folders[split] and self.names[split] != folder:
+            raise DataError(
+                f"'{self.data_dir}' holds both {self.names[split]}/ and {folder}/; keep one "
+                f"of them as the test split"
+            )
+        self.names[split] = folder
+        return split
 
     def add(self, name: str, is_dir: bool) -> bool:
         """Sort one entry, a path with / separators; True when it is an image to read."""
         parts = [part for part in name.split("/") if part]
         image = not is_dir and parts[-1].lower().endswith(IMAGE_SUFFIXES)
         # A zip may hold train/ and test/ under a top folder: the first split name counts.
-        at = next((i for i, part in enumerate(parts) if part in SPLITS), None)
+        at = next((i for i, part in enumerate(parts) if part in SPLIT_FOLDERS), None)
         depth = -1 if at is None or any(map(_hidden, parts)) else len(parts) - at - 1
         if depth > 2 or (depth == 2 and is_dir):
             shown = "/".join(parts) + "/" * is_dir
@@ -113,9 +140,10 @@ class _Listing:
                 f"{parts[at]}/<class>/"
             )
         if depth == 2 or (depth == 1 and is_dir):
-            self.folders[parts[at]].setdefault(parts[at + 1], "/".join(parts[: at + 2]))
+            split = self._split(parts[at])
+            self.folders[split].setdefault(parts[at + 1], "/".join(parts[: at + 2]))
         if depth == 2 and image:
-            self.images[parts[at]].append((parts[at + 1], name))
+            self.images[SPLIT_FOLDERS[parts[at]]].append((parts[at + 1], name))
             return True
         if not is_dir:
             self.skipped.append(name)
@@ -126,7 +154,7 @@ class _Listing:
         for split in SPLITS:
             if not self.images[split]:
                 raise DataError(
-                    f"no images in {split}/<class>/ of '{self.data_dir}'"
+                    f"no images in {self.names[split]}/<class>/ of '{self.data_dir}'"
                     f"{self.skipped_note(split)}; need {FOLDER_HINT}"
                 )
             filled = {c for c, _ in self.images[split]}
@@ -140,15 +168,17 @@ class _Listing:
         if classes != test_classes:
             only_train = sorted(set(classes) - set(test_classes))[:5]
             only_test = sorted(set(test_classes) - set(classes))[:5]
+            test = self.names["test"]
             raise DataError(
-                f"train/ and test/ of '{self.data_dir}' have different classes "
-                f"(only in train: {only_train}, only in test: {only_test})"
+                f"train/ and {test}/ of '{self.data_dir}' have different classes "
+                f"(only in train: {only_train}, only in {test}: {only_test})"
             )
         return classes
 
     def shown_skipped(self, split: str | None = None) -> str:
         """The first few of the files that are not images (of one split, if given)."""
-        names = [n for n in self.skipped if split is None or split in n.split("/")]
+        folder = self.names.get(split, split) if split else None
+        names = [n for n in self.skipped if folder is None or folder in n.split("/")]
         return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
     def skipped_note(self, split: str) -> str:
@@ -167,10 +197,10 @@ class _Listing:
             )
 
 
-def _list_folder(path: Path, data_dir: str, limit: int) -> tuple[_Listing, list[str]]:
+def _list_folder(path: Path, data_dir: str, limit: int) -> tuple[Listing, list[str]]:
     """The folder's listing, and a line per image (name, size, mtime) for the cache key."""
-    listing, files = _Listing(data_dir), []
-    for split in SPLITS:
+    listing, files = Listing(data_dir), []
+    for split in SPLIT_FOLDERS:
         for top in _scan(path / split, data_dir):
             entries = [top]
             if _is_dir(top, data_dir) and not _hidden(top.name):
@@ -212,7 +242,7 @@ def _stat(entry: os.DirEntry, name: str, data_dir: str) -> os.stat_result:
     return stat
 
 
-def _open_zip(path: Path, data_dir: str) -> zipfile.ZipFile:
+def open_zip(path: Path, data_dir: str) -> zipfile.ZipFile:
     try:
         with open(path, "rb") as file:
             looks_like_zip = file.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # a member, or empty
@@ -230,9 +260,9 @@ def _open_zip(path: Path, data_dir: str) -> zipfile.ZipFile:
         ) from None
 
 
-def _list_zip(archive: zipfile.ZipFile, data_dir: str, limit: int) -> _Listing:
+def list_zip(archive: zipfile.ZipFile, data_dir: str, limit: int) -> Listing:
     """The zip's listing, with every image member checked from the directory, unread."""
-    listing = _Listing(data_dir)
+    listing = Listing(data_dir)
     for info in archive.infolist():
         name = info.filename
         if name.startswith("/") or ".." in name.split("/"):
@@ -248,8 +278,8 @@ def _list_zip(archive: zipfile.ZipFile, data_dir: str, limit: int) -> _Listing:
     return listing
 
 
-def _read_member(archive: zipfile.ZipFile, name: str, data_dir: str) -> io.BytesIO:
-    """A member's bytes; zipfile inflates no more than the size that _list_zip checked."""
+def read_member(archive: zipfile.ZipFile, name: str, data_dir: str) -> io.BytesIO:
+    """A member's bytes; zipfile inflates no more than the size that list_zip checked."""
     try:
         return io.BytesIO(archive.read(name))
     except NotImplementedError as error:  # Deflate64, AES...: methods zipfile cannot read

@@ -32,6 +32,7 @@ class RoundResult:
     population: dict[str, float]  # mean, best and ensemble test accuracy
     records: list[dict[str, Any]] = field(default_factory=list)  # entropy/alpha per unit
     events: list[str] = field(default_factory=list)  # restarts and restorations, as text
+    skipped_images: int = 0  # a streamed set's images that failed to decode, so far
     soup: dict[str, Any] | None = None  # the soup's weights, in a round that made one
 
     def as_history(self) -> dict[str, Any]:
@@ -230,6 +231,9 @@ class Population:
     def round_result(self, round_index, train, evaluations, records, events, restored):
         """Per-network metrics and the population's mean, best and ensemble accuracy."""
         probabilities = [e.pop("probabilities") for e in evaluations]
+        # Each worker counts the damaged images it met; every worker reads every image once
+        # an epoch, so the most any worker met is the population's count.
+        skipped = max(int(e.pop("skipped_images", 0)) for e in evaluations)
         networks = [
             {**_train_metrics(t), **e, "restored": int(k in restored)}
             for k, (t, e) in enumerate(zip(train, evaluations))
@@ -237,7 +241,7 @@ class Population:
         summary = population_summary(
             [n["test_acc"] for n in networks], probabilities, self.test_labels
         )
-        return RoundResult(round_index, networks, summary, records, events)
+        return RoundResult(round_index, networks, summary, records, events, skipped)
 
     def _restore_diverged(self, train: list[dict[str, Any]], events: list[str]) -> set[int]:
         """Replace each network whose loss or weights are not finite by a copy of its nearest

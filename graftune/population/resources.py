@@ -144,7 +144,10 @@ def worker_layout(
     if largest_node_cpus:
         cpus = min(cpus, largest_node_cpus)
     share = max(0.01, int(cpus * 100) / 100)
-    if on_gpus:  # data and augmentation live on the GPU: one CPU is enough unless asked
-        gpu_worker = {"CPU": p.cpus_per_worker or min(1.0, share), "GPU": per_worker}
+    if on_gpus:  # data and augmentation live on the GPU: one CPU is enough unless asked,
+        # or unless the images are streamed: then the worker's CPUs decode them
+        streamed = config.data.data_mode == "stream"
+        cpus = p.cpus_per_worker or (share if streamed else min(1.0, share))
+        gpu_worker = {"CPU": cpus, "GPU": per_worker}
         return Layout(groups, gpu_worker, True)
     return Layout(groups, {"CPU": p.cpus_per_worker or share}, True)

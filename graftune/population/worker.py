@@ -20,7 +20,8 @@ import torch
 
 from graftune.config import Config, from_flat
 from graftune.core.snapshot import Snapshot
-from graftune.data import ImageSet
+from graftune.data import ImageSet, StreamSet
+from graftune.data.loader import loader_workers
 from graftune.population.resources import worker_threads
 from graftune.training.fused import FusedTrainer
 from graftune.training.group import TrainerGroup
@@ -53,13 +54,15 @@ class GraftWorker:
         self,
         flat_config: dict[str, Any],
         indices: list[int],
-        data: ImageSet,
+        data: ImageSet | StreamSet,
         cpus: float,
         fused: bool = False,
     ):
         # Ray resolves the data ObjectRef before __init__: the arrays are shared, not copied.
         torch.set_num_threads(worker_threads(cpus, usable_cores(), node_cpus()))
         config: Config = from_flat(flat_config)
+        # A streamed set is decoded in this worker's own share of the CPUs.
+        config.data.loader_workers = loader_workers(config.data.loader_workers, cpus)
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         group = FusedTrainer if fused else TrainerGroup
         self.networks = group(config, indices, data, device=device)

@@ -19,7 +19,8 @@ from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from graftune.config import DataConfig
-from graftune.data import ImageSet
+from graftune.data import ImageSet, StreamSet
+from graftune.data.datasets import folder_copy
 
 TORCHVISION = {
     "cifar10": "torchvision.datasets.CIFAR10",
@@ -43,18 +44,16 @@ def data_source(cfg: DataConfig) -> tuple[str, str]:
         uri = f"graftune synthetic: {cfg.synthetic_size} images, {cfg.synthetic_classes} classes"
         return "code", json.dumps({"uri": uri})
     root = Path(cfg.data_dir).expanduser().resolve()
-    # As data._cifar decides: a zip or a train/ + test/ folder is an image-folder copy.
-    folder = root.suffix.lower() == ".zip" or (
-        (root / "train").is_dir() and (root / "test").is_dir()
-    )
-    if cfg.dataset in TORCHVISION and not folder:
+    if cfg.dataset in TORCHVISION and not folder_copy(cfg):
         return "torchvision", json.dumps({"uri": TORCHVISION[cfg.dataset], "root": str(root)})
     return "local", json.dumps({"uri": str(root)})
 
 
-def dataset_inputs(cfg: DataConfig, data: ImageSet) -> list[DatasetInput]:
+def dataset_inputs(cfg: DataConfig, data: ImageSet | StreamSet) -> list[DatasetInput]:
     """The train and test splits as MLflow dataset inputs, with their sizes as profile."""
     source_type, source = data_source(cfg)
+    if data.streamed:
+        return streamed_inputs(cfg, data, source_type, source)
     splits = [
         ("training", data.train_images, data.train_labels, cfg.subset),
         ("evaluation", data.test_images, data.test_labels, cfg.test_subset),
@@ -74,6 +73,40 @@ def dataset_inputs(cfg: DataConfig, data: ImageSet) -> list[DatasetInput]:
         dataset = Dataset(
             name=cfg.dataset,
             digest=split_digest(images, labels, data.classes),
+            source_type=source_type,
+            source=source,
+            schema=json.dumps(schema.to_dict()),
+            profile=json.dumps(profile),
+        )
+        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    return inputs
+
+
+def streamed_inputs(
+    cfg: DataConfig, data: StreamSet, source_type: str, source: str
+) -> list[DatasetInput]:
+    """A streamed set's splits: the digest is of the listing (every file's name, label and
+    size), which is what a streamed run reads; its pixels are never all in memory to hash."""
+    shape = [3, data.image_size, data.image_size]
+    inputs = []
+    for context, split, labels, subset in [
+        ("training", "train", data.train_labels, cfg.subset),
+        ("evaluation", "test", data.test_labels, cfg.test_subset),
+    ]:
+        schema = TensorDatasetSchema(
+            features=Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "images")]),
+            targets=Schema([TensorSpec(np.dtype(np.int64), (-1,), "labels")]),
+        )
+        profile = {
+            "images": len(labels),
+            "classes": data.num_classes,
+            "image_shape": shape,
+            "subset": subset or "all",
+            "mode": "streamed",
+        }
+        dataset = Dataset(
+            name=cfg.dataset,
+            digest=data.digest(split),
             source_type=source_type,
             source=source,
             schema=json.dumps(schema.to_dict()),

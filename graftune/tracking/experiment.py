@@ -21,7 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from graftune.config import Config, ConfigError, flatten
-from graftune.data import ImageSet
+from graftune.data import ImageSet, StreamSet
 from graftune.population.population import Population, RoundResult
 from graftune.population.resources import placement_line
 from graftune.population.rounds import run_population
@@ -68,6 +68,8 @@ class ExperimentResult:
     model_ids: list[str] = field(default_factory=list)  # net{k}'s logged model, when logged
     registered: str = ""  # "NAME version V" of --register-model
     states: list[dict[str, Any]] = field(default_factory=list, repr=False)  # final networks
+    streamed: bool = False  # the images were decoded batch by batch, not held in memory
+    skipped_images: int = 0  # streamed images that failed to decode mid-run (this session)
     soup: dict[str, Any] | None = field(default=None, repr=False)  # the last soup's weights
 
     @property
@@ -134,7 +136,7 @@ def resume_overrides(config: Config, payload: dict[str, Any]) -> dict[str, Any]:
 
 def run_experiment(
     config: Config,
-    data: ImageSet,
+    data: ImageSet | StreamSet,
     on_round: Callable[[LoggedRound], None] | None = None,
     on_start: Callable[[Population, int], None] | None = None,
     placement: Any = None,
@@ -190,6 +192,7 @@ def run_experiment(
     result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
     pending = PendingLog(tracker, payload.get("pending") if payload else None)
     pending.flush()  # what the stopped run could not log, before its next round
+    result.streamed = data.streamed
     tracker.set_description(run_description(config, data, history))
     population = Population(config, ray.put(data), data.test_labels, placement, bundle_offset)
     status, saved_round = "FAILED", payload["round"] if payload else None  # last checkpoint
@@ -216,9 +219,11 @@ def run_experiment(
             records.extend(round_result.records)
             result.soup = round_result.soup if round_result.soup is not None else result.soup
             result.events.extend(round_result.events)
-            pending.log(
-                round_metrics(round_result.networks, round_result.population), round_result.round
-            )
+            metrics = round_metrics(round_result.networks, round_result.population)
+            if data.streamed:  # a file damaged after the start-up check is skipped, counted
+                result.skipped_images = round_result.skipped_images
+                metrics["data/skipped_images"] = round_result.skipped_images
+            pending.log(metrics, round_result.round)
             logged = LoggedRound(**vars(round_result), run_id=tracker.run_id)
             last = round_result.round == population.num_rounds
             due = last or round_result.round % config.population.checkpoint_every == 0

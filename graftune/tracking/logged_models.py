@@ -16,7 +16,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 from torch import nn
 
-from graftune.data import ImageSet
+from graftune.data import ImageSet, StreamSet
 from graftune.data.batches import _normaliser
 from graftune.models import create_model
 
@@ -39,24 +39,29 @@ class ImageClassifier(nn.Module):
         return self.network(images.float() * self.scale + self.shift)
 
 
-def image_classifier(model: str, weights: dict[str, Any], data: ImageSet) -> ImageClassifier:
+def image_classifier(
+    model: str, weights: dict[str, Any], data: ImageSet | StreamSet
+) -> ImageClassifier:
     """Registry model ``model`` with ``weights`` (a state dict), in eval mode, on the CPU."""
     network = create_model(model, num_classes=data.num_classes)
     network.load_state_dict({k: torch.as_tensor(v).cpu() for k, v in weights.items()})
     return ImageClassifier(network, data.mean, data.std).eval()
 
 
-def signature(data: ImageSet) -> ModelSignature:
-    """uint8 N x C x H x W in, float32 N x classes out; N free."""
-    shape = (-1, *data.test_images.shape[1:])
+def signature(data: ImageSet | StreamSet) -> ModelSignature:
+    """uint8 N x C x H x W in, float32 N x classes out; N free. A streamed set's networks
+    take images as its evaluation sees them: resized and centre-cropped to --image-size."""
+    shape = (-1, *input_example(data).shape[1:])
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), shape, "images")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, data.num_classes), "logits")]),
     )
 
 
-def input_example(data: ImageSet) -> np.ndarray:
+def input_example(data: ImageSet | StreamSet) -> np.ndarray:
     """A few test images (train images too where the test set is smaller)."""
+    if data.streamed:
+        return data.examples(EXAMPLE_IMAGES)
     images = [data.test_images[:EXAMPLE_IMAGES], data.train_images[:EXAMPLE_IMAGES]]
     return np.ascontiguousarray(np.concatenate(images)[:EXAMPLE_IMAGES])
 
@@ -69,7 +74,7 @@ def best_network(final: dict[str, Any]) -> int:
 def log_networks(
     tracker,
     model: str,
-    data: ImageSet,
+    data: ImageSet | StreamSet,
     states: list[dict[str, Any]],
     final: dict[str, Any],
     params: dict[str, Any],

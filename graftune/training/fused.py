@@ -29,8 +29,7 @@ from torch.func import stack_module_state
 from graftune.config import Config
 from graftune.core import GraftPolicy, find_graft_units, l1_invalid_counts, unit_keys
 from graftune.core.distill import distill_loss
-from graftune.core.graft import as_tensor
-from graftune.data import ImageSet, TrainBatches
+from graftune.data import ImageSet, StreamSet, skipped_count
 from graftune.models import create_model
 from graftune.training.cuda_graph import WARMUP_STEPS, CudaGraphStep
 from graftune.training.grouped import GroupedForward, groupable, grouped_network, vmapped
@@ -39,7 +38,7 @@ from graftune.training.trainer import (
     Trainer,
     autocast,
     autocast_dtype,
-    evaluation_batches,
+    data_sources,
     initial_lr,
     lr_factor,
 )
@@ -68,7 +67,7 @@ class FusedTrainer(StackedNetworks):
         self,
         config: Config,
         indices: Sequence[int],
-        data: ImageSet,
+        data: ImageSet | StreamSet,
         device: str | None = None,
         grouped: bool | None = None,
     ):
@@ -95,26 +94,13 @@ class FusedTrainer(StackedNetworks):
         # (with --channels-last), and vmap runs NCHW (with channels_last inputs its batched
         # backward strays ~1% from the unbatched one; adaptive pooling leaves the fast path).
         self.channels_last = False
-        # Shared by every network's batches: the images go to the device once, as uint8.
-        images = as_tensor(data.train_images).to(self.device)
-        labels = as_tensor(data.train_labels).to(self.device)
-        self.batches = [
-            TrainBatches(
-                images,
-                labels,
-                t.batch_size,
-                data.mean,
-                data.std,
-                device=self.device,
-                seed=t.seed + index,
-                channels_last=self.channels_last,
-            )
-            for index in self.indices
-        ]
-        self.test_images = as_tensor(data.test_images).to(self.device)
-        self.test_labels = as_tensor(data.test_labels).to(self.device)
-        self.mean, self.std = data.mean, data.std
-        self.steps_per_epoch = self.batches[0].steps_per_epoch
+        # In memory, the images go to the device once, as uint8, for every network's batches;
+        # streamed, each decoded batch serves every network, each with its own crops.
+        seeds = [t.seed + index for index in self.indices]
+        self.batches, self.test_source = data_sources(
+            config, data, seeds, self.device, self.channels_last
+        )
+        self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = t.epochs * self.steps_per_epoch
         num_models = config.population.num_models
         self.peak_lr = [initial_lr(t.lr, i, num_models, t.diff_lr) for i in self.indices]
@@ -171,8 +157,7 @@ class FusedTrainer(StackedNetworks):
         return [peak * factor for peak in self.peak_lr]
 
     def _next_batches(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = zip(*(batches.next_batch() for batches in self.batches))
-        return torch.stack(xs), torch.stack(ys)
+        return self.batches.next_batches()
 
     def _autocast(self):
         return autocast(self.device, self.autocast)
@@ -250,9 +235,17 @@ class FusedTrainer(StackedNetworks):
         seen = 0
         for _ in range(steps):
             x, y = self._next_batches()
+            full = y.shape[1] == self.batches.batch_size  # not short of a damaged image
             if self.graph is None and self._eager_steps >= WARMUP_STEPS and not self.graph_note:
-                self.graph, self.graph_note = CudaGraphStep.capture(self, x, y)
-            if self.graph is not None:
+                if full:
+                    self.graph, self.graph_note = CudaGraphStep.capture(self, x, y)
+            if self.graph is not None and not full:
+                # A streamed batch short of a damaged image: one eager step, off the graph,
+                # without the gradients the last replay left in p.grad.
+                for p in self.params.values():
+                    p.grad = None
+                loss, distill, right = self.train_step(x, y)
+            elif self.graph is not None:
                 loss, distill, right = self.graph.run(x, y, self.step)
                 self.step += 1
             elif self.device.type == "cuda":  # warm-up for the capture: on a side stream
@@ -290,7 +283,7 @@ class FusedTrainer(StackedNetworks):
     def evaluate(self, with_probabilities: bool = False) -> list[dict[str, Any]]:
         """Every network on the same test batches; one metrics dict per network."""
         self.base.eval()
-        batches = evaluation_batches(self, self.channels_last)
+        batches = self.test_source.batches(self.channels_last)
         loss_sum = torch.zeros(self.size, device=self.device)
         correct = torch.zeros(self.size, device=self.device, dtype=torch.long)
         probabilities = []
@@ -304,13 +297,18 @@ class FusedTrainer(StackedNetworks):
             correct += (out.argmax(2) == target).sum(1)
             if with_probabilities:
                 probabilities.append(out.softmax(2))
-        count = len(self.test_labels)
+        count = self.test_source.count
+        skipped = skipped_count(self.batches)
         losses, rights = (loss_sum / count).tolist(), correct.tolist()
         if with_probabilities:
             stacked = torch.cat(probabilities, 1).cpu().numpy()
         metrics = []
         for j in range(self.size):
-            m: dict[str, Any] = {"test_loss": losses[j], "test_acc": rights[j] / count}
+            m: dict[str, Any] = {
+                "test_loss": losses[j],
+                "test_acc": rights[j] / count,
+                "skipped_images": skipped,
+            }
             for threshold, (invalid, _) in l1_invalid_counts(self.weights(j), self.units).items():
                 m[f"invalid_l1_{threshold:g}"] = invalid
             if with_probabilities:

@@ -141,6 +141,7 @@ class StackedNetworks:
         names = list(self.params)
         states = []
         teachers = self.teacher_states()
+        batches = self.batches.state_dicts()
         for j in range(self.size):
             lr = self.lrs(self.step)[j]
             template = Trainer.optimizer_template(self.config, self.peak_lr[j], lr, len(names))
@@ -153,7 +154,7 @@ class StackedNetworks:
                     "model": {k: v.cpu().clone() for k, v in self.weights(j).items()},
                     "optimizer": template,
                     "scheduler": Trainer.scheduler_template(self.peak_lr[j], lr, self.step),
-                    "batches": self.batches[j].state_dict(),
+                    "batches": batches[j],
                     "noise": self.noise[j].get_state(),
                     "step": self.step,
                     "teacher": teachers[j],
@@ -170,8 +171,8 @@ class StackedNetworks:
             for i, k in enumerate(names):
                 buf = saved.get(i, {}).get("momentum_buffer")
                 self.momentum[k][j].copy_(buf) if buf is not None else self.momentum[k][j].zero_()
-            self.batches[j].load_state_dict(state["batches"])
             self.noise[j].set_state(state["noise"])
+        self.batches.load_state_dicts([state["batches"] for state in states])
         self.step = int(states[0]["step"])
         if self.teachers is not None:  # a resumed run has the teachers its checkpoint has
             self.teachers = None

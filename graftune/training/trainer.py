@@ -20,7 +20,8 @@ from graftune.core import GraftPolicy, find_graft_units, graft, l1_invalid_count
 from graftune.core.distill import distill_loss
 from graftune.core.graft import as_tensor
 from graftune.core.snapshot import Snapshot, pack
-from graftune.data import ImageSet, TrainBatches, eval_batches
+from graftune.data import ImageSet, StreamSet, eval_source, skipped_count, train_source
+from graftune.data.stream_batches import Skipped
 from graftune.models import create_model
 
 Source = Mapping[str, Any] | int | None  # a snapshot, a slot of this worker, or no source
@@ -65,18 +66,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def evaluation_batches(owner: Any, channels_last: bool):
-    """The test set in evaluation batches on ``owner``'s device (a Trainer or FusedTrainer,
-    which both hold it there as uint8)."""
-    return eval_batches(
-        owner.test_images,
-        owner.test_labels,
-        owner.config.train.eval_batch_size,
-        owner.mean,
-        owner.std,
-        owner.device,
-        channels_last=channels_last,
+def data_sources(
+    config: Config, data: ImageSet | StreamSet, seeds: list[int], device: torch.device,
+    channels_last: bool,
+):  # fmt: skip
+    """The training batches of the networks ``seeds`` and the test batches, on ``device``:
+    from memory or streamed, as the data set is held. Streamed, the networks share one order
+    (``--shared-order``, seeded by ``--seed``: every worker's networks see the same images)
+    or each follows its own, and both sources count the images that fail to decode."""
+    d, t = config.data, config.train
+    skipped = Skipped(d.data_dir)
+    order_seed = t.seed if d.shared_order else None
+    workers = max(d.loader_workers, 0)  # -1 is resolved by the worker from its CPU share
+    train = train_source(
+        data, seeds, t.batch_size, device, channels_last, order_seed, workers, skipped
     )
+    test = eval_source(data, t.eval_batch_size, device, workers, skipped)
+    return train, test
 
 
 class Trainer:
@@ -98,20 +104,9 @@ class Trainer:
         # The compiled wrapper shares the model's parameters, so weights, grafts and state
         # dicts all stay on self.model; only the forward passes go through self.network.
         self.network = torch.compile(self.model) if config.model.compile else self.model
-        self.batches = TrainBatches(
-            data.train_images,
-            data.train_labels,
-            t.batch_size,
-            data.mean,
-            data.std,
-            device=self.device,
-            seed=self.seed,
-            channels_last=config.model.channels_last,
+        self.batches, self.test_source = data_sources(
+            config, data, [self.seed], self.device, config.model.channels_last
         )
-        # The test set moves to the device once, as uint8: no host round trip per eval batch.
-        self.test_images = as_tensor(data.test_images).to(self.device)
-        self.test_labels = as_tensor(data.test_labels).to(self.device)
-        self.mean, self.std = data.mean, data.std
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = t.epochs * self.steps_per_epoch
         self.peak_lr = initial_lr(t.lr, index, config.population.num_models, t.diff_lr)
@@ -214,7 +209,7 @@ class Trainer:
     def evaluate(self, with_probabilities: bool = False) -> dict[str, Any]:
         """Test loss and top-1 accuracy; optionally the softmax outputs for the ensemble."""
         self.model.eval()
-        batches = evaluation_batches(self, self.config.model.channels_last)
+        batches = self.test_source.batches(self.config.model.channels_last)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         probabilities = []
@@ -225,10 +220,11 @@ class Trainer:
             correct += (out.argmax(1) == y).sum()
             if with_probabilities:
                 probabilities.append(out.softmax(1))
-        count = len(self.test_labels)
+        count = self.test_source.count
         metrics: dict[str, Any] = {
             "test_loss": float(loss_sum) / count,
             "test_acc": float(correct) / count,
+            "skipped_images": skipped_count(self.batches),
         }
         state = self.model.state_dict()
         for threshold, (invalid, _) in l1_invalid_counts(state, self.units).items():
