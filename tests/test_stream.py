@@ -278,3 +278,35 @@ def test_a_streamed_run_stopped_and_resumed_equals_one_that_never_stopped(
         assert resumed["step"] == uninterrupted["step"] == 6
         for key, value in uninterrupted["model"].items():
             assert torch.equal(value, resumed["model"][key]), key
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_torchcodec_and_pillow_decode_a_jpeg_to_nearly_the_same_pixels(tmp_path, train):
+    """The two decoders of the streaming path agree; a large JPEG goes to Pillow's draft."""
+    from unittest import mock
+
+    from graftune.data import loader
+
+    y, x = np.mgrid[0:90, 0:120]
+    smooth = np.stack([x * 2, y * 2, (x + y)], axis=-1).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "a.jpg", quality=95)
+    images = loader.DecodedImages(
+        str(tmp_path), False, ["a.jpg"], np.zeros(1, np.int64), 32, train, 1 << 24
+    )
+    calls, original = [], loader._tensor_decode
+
+    def tensor_decode(*args):
+        calls.append(result := original(*args))
+        return result
+
+    with mock.patch.object(loader, "_tensor_decode", tensor_decode):
+        images.load(0)
+    assert calls == [None]  # 90 px is over twice the 36 px canvas: Pillow's draft decodes it
+    images.size = 64  # a 73 px canvas: TorchCodec decodes it
+    with mock.patch.object(loader, "_tensor_decode", tensor_decode):
+        codec = images.load(0)
+    assert calls[-1] is not None
+    with mock.patch.object(loader, "_tensor_decode", return_value=None):
+        pillow = images.load(0)
+    assert codec.shape == pillow.shape == ((3, 73, 73) if train else (3, 64, 64))
+    assert np.abs(codec.astype(int) - pillow.astype(int)).mean() < 3
