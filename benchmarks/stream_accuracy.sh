@@ -6,14 +6,14 @@
 # The three arms alternate within each seed so that the machine's load hits all of them.
 #   bash benchmarks/stream_accuracy.sh MIXED.zip ORIGINAL.zip runs/stream-accuracy "0 1"
 # then: python benchmarks/accuracy_table.py runs/stream-accuracy/mlflow.db
-# SCALE overrides the reduced scale (default: --subset 1000 --test-subset 1000 --epochs 3).
+# SCALE overrides the reduced scale (default: --subset 500 --test-subset 500 --epochs 2).
 set -u
 mixed=${1:?path to the mixed-size CIFAR-10 zip (make_image_sets.py cifar-mixed)}
 original=${2:?path to the original-size CIFAR-10 zip}
 out=$(realpath -m "${3:-runs/stream-accuracy}")
 seeds=${4:-0 1}
 mkdir -p "$out"
-read -ra scale <<< "${SCALE:---subset 1000 --test-subset 1000 --epochs 3}"
+read -ra scale <<< "${SCALE:---subset 500 --test-subset 500 --epochs 2}"
 common=(--model resnet20 --dataset imagefolder --num-models 4 --fuse on --image-size 32
         "${scale[@]}" --no-log-weights --no-log-models --checkpoint-dir "$out/checkpoints"
         --tracking-uri "sqlite:///$out/mlflow.db" --experiment accuracy)
