@@ -158,6 +158,14 @@ def test_a_server_that_accepts_but_never_answers_is_refused_after_one_timeout():
             probe_server(uri, timeout_s=0.2)
 
 
+def test_a_tracking_uri_that_is_not_a_url_is_one_line():
+    from graftune.config import ConfigError
+    from graftune.tracking.store import probe_server
+
+    with pytest.raises(ConfigError, match=r"--tracking-uri http://localhost:99999 is not a valid"):
+        probe_server("http://localhost:99999")
+
+
 @pytest.mark.usefixtures("no_ray")
 def test_a_run_refused_for_its_data_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
     """No store, no folder, no checkpoint: the store is made only when the run starts."""

@@ -46,6 +46,8 @@ def probe_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
     except requests.exceptions.SSLError:
         return
+    except requests.exceptions.InvalidURL as error:  # a port over 65535, a bad host name
+        raise ConfigError(f"--tracking-uri {uri} is not a valid URL ({error})") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
         reason = f"no answer in {timeout_s:g} s"
         if not isinstance(error, requests.exceptions.Timeout):
