@@ -58,28 +58,19 @@ def dataset_inputs(cfg: DataConfig, data: ImageSet | StreamSet) -> list[DatasetI
         ("training", data.train_images, data.train_labels, cfg.subset),
         ("evaluation", data.test_images, data.test_labels, cfg.test_subset),
     ]
-    inputs = []
-    for context, images, labels, subset in splits:
-        schema = TensorDatasetSchema(
-            features=Schema([TensorSpec(images.dtype, (-1, *images.shape[1:]), "images")]),
-            targets=Schema([TensorSpec(labels.dtype, (-1,), "labels")]),
+    return [
+        split_input(
+            cfg,
+            (source_type, source),
+            context,
+            split_digest(images, labels, data.classes),
+            (images.dtype, list(images.shape[1:])),
+            labels,
+            data.num_classes,
+            {"subset": subset or "all"},
         )
-        profile = {
-            "images": len(labels),
-            "classes": data.num_classes,
-            "image_shape": list(images.shape[1:]),
-            "subset": subset or "all",
-        }
-        dataset = Dataset(
-            name=cfg.dataset,
-            digest=split_digest(images, labels, data.classes),
-            source_type=source_type,
-            source=source,
-            schema=json.dumps(schema.to_dict()),
-            profile=json.dumps(profile),
-        )
-        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
-    return inputs
+        for context, images, labels, subset in splits
+    ]
 
 
 def streamed_inputs(
@@ -87,30 +78,54 @@ def streamed_inputs(
 ) -> list[DatasetInput]:
     """A streamed set's splits: the digest is of the listing (every file's name, label and
     size), which is what a streamed run reads; its pixels are never all in memory to hash."""
-    shape = [3, data.image_size, data.image_size]
-    inputs = []
-    for context, split, labels, subset in [
-        ("training", "train", data.train_labels, cfg.subset),
-        ("evaluation", "test", data.test_labels, cfg.test_subset),
-    ]:
-        schema = TensorDatasetSchema(
-            features=Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "images")]),
-            targets=Schema([TensorSpec(np.dtype(np.int64), (-1,), "labels")]),
+    images = (np.dtype(np.uint8), [3, data.image_size, data.image_size])
+    return [
+        split_input(
+            cfg,
+            (source_type, source),
+            context,
+            data.digest(split),
+            images,
+            labels,
+            data.num_classes,
+            {"subset": subset or "all", "mode": "streamed"},
         )
-        profile = {
-            "images": len(labels),
-            "classes": data.num_classes,
-            "image_shape": shape,
-            "subset": subset or "all",
-            "mode": "streamed",
-        }
-        dataset = Dataset(
-            name=cfg.dataset,
-            digest=data.digest(split),
-            source_type=source_type,
-            source=source,
-            schema=json.dumps(schema.to_dict()),
-            profile=json.dumps(profile),
-        )
-        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
-    return inputs
+        for context, split, labels, subset in [
+            ("training", "train", data.train_labels, cfg.subset),
+            ("evaluation", "test", data.test_labels, cfg.test_subset),
+        ]
+    ]
+
+
+def split_input(
+    cfg: DataConfig,
+    source: tuple[str, str],
+    context: str,
+    digest: str,
+    images: tuple[np.dtype, list[int]],
+    labels: np.ndarray,
+    classes: int,
+    extra: dict,
+) -> DatasetInput:
+    """One split as an MLflow dataset input: its tensor schema, and its size as profile.
+
+    Args:
+        source: MLflow's source type and source (:func:`data_source`).
+        images: the images' dtype and the shape of one image.
+        extra: profile entries beyond the size (the subset, how the set is held).
+    """
+    dtype, shape = images
+    schema = TensorDatasetSchema(
+        features=Schema([TensorSpec(dtype, (-1, *shape), "images")]),
+        targets=Schema([TensorSpec(labels.dtype, (-1,), "labels")]),
+    )
+    profile = {"images": len(labels), "classes": classes, "image_shape": shape, **extra}
+    dataset = Dataset(
+        name=cfg.dataset,
+        digest=digest,
+        source_type=source[0],
+        source=source[1],
+        schema=json.dumps(schema.to_dict()),
+        profile=json.dumps(profile),
+    )
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
