@@ -88,9 +88,15 @@ class DecodedImages(torch.utils.data.Dataset):
     """Item i: image i of a split decoded to a canvas, or its name when it cannot be read."""
 
     def __init__(
-        self, path: str, is_zip: bool, names: Sequence[str], labels: np.ndarray,
-        size: int, train: bool, max_image_bytes: int,
-    ):  # fmt: skip
+        self,
+        path: str,
+        is_zip: bool,
+        names: Sequence[str],
+        labels: np.ndarray,
+        size: int,
+        train: bool,
+        max_image_bytes: int,
+    ):
         self.path, self.is_zip, self.names, self.labels = path, is_zip, names, labels
         self.size, self.train, self.limit = size, train, max_image_bytes
         self._zip: tuple[int, zipfile.ZipFile] | None = None  # per process: (pid, archive)

@@ -60,9 +60,14 @@ class MemoryEval:
 
     def batches(self, channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return eval_batches(
-            self.images, self.labels, self.batch_size, self.mean, self.std, self.device,
+            self.images,
+            self.labels,
+            self.batch_size,
+            self.mean,
+            self.std,
+            self.device,
             channels_last=channels_last,
-        )  # fmt: skip
+        )
 
 
 def train_source(
@@ -98,7 +103,7 @@ def train_source(
                 device=device,
                 seed=seed,
                 channels_last=channels_last,
-            )  # fmt: skip
+            )
             for seed in seeds
         ]
     )

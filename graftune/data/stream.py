@@ -75,9 +75,14 @@ class StreamSet:
         labels = self.listing.labels[split][self.keep[split]]
         train = split == "train" if train is None else train
         return DecodedImages(
-            self.listing.path, self.listing.is_zip, names, labels, self.image_size, train,
+            self.listing.path,
+            self.listing.is_zip,
+            names,
+            labels,
+            self.image_size,
+            train,
             self.max_image_bytes,
-        )  # fmt: skip
+        )
 
     def digest(self, split: str) -> str:
         return self.listing.digest(split, self.keep[split])

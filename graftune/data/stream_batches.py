@@ -42,8 +42,10 @@ class Skipped:
                 self.names.add(name)
                 log.warning(
                     "graftune: skipped '%s' in '%s': it cannot be decoded (damaged since "
-                    "the start-up check?); the run goes on without it", name, self.data_dir,
-                )  # fmt: skip
+                    "the start-up check?); the run goes on without it",
+                    name,
+                    self.data_dir,
+                )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -107,10 +109,16 @@ class StreamBatches:
     """
 
     def __init__(
-        self, data, seeds: Sequence[int], order_seed: int | None, batch_size: int,
-        device: torch.device | str = "cpu", channels_last: bool = False, workers: int = 0,
+        self,
+        data,
+        seeds: Sequence[int],
+        order_seed: int | None,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        workers: int = 0,
         skipped: Skipped | None = None,
-    ):  # fmt: skip
+    ):
         readable(data)
         self.device, self.seeds, self.size = torch.device(device), list(seeds), data.image_size
         self.channels_last = channels_last
@@ -191,9 +199,13 @@ class StreamEval:
     stay over the same images, and it is counted as skipped."""
 
     def __init__(
-        self, data, batch_size: int, device: torch.device | str, workers: int = 0,
+        self,
+        data,
+        batch_size: int,
+        device: torch.device | str,
+        workers: int = 0,
         skipped: Skipped | None = None,
-    ):  # fmt: skip
+    ):
         readable(data)
         self.images, self.device = data.decoded("test"), torch.device(device)
         self.batch_size = batch_size

@@ -67,9 +67,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def data_sources(
-    config: Config, data: ImageSet | StreamSet, seeds: list[int], device: torch.device,
+    config: Config,
+    data: ImageSet | StreamSet,
+    seeds: list[int],
+    device: torch.device,
     channels_last: bool,
-):  # fmt: skip
+):
     """The training batches of the networks ``seeds`` and the test batches, on ``device``:
     from memory or streamed, as the data set is held. Streamed, the networks share one order
     (``--shared-order``, seeded by ``--seed``: every worker's networks see the same images)
