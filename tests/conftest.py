@@ -241,3 +241,12 @@ def tiny_config(model: str, k: int, **overrides) -> Config:
         "channels_last": False,
     }
     return with_overrides(Config(), {**settings, **overrides})
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    """``folder`` written into the zip ``target``, member names relative to it."""
+    with zipfile.ZipFile(target, "w") as archive:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                archive.write(file, file.relative_to(folder).as_posix())
+    return target

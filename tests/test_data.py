@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build, encoded, good_members, png, png_claiming
+from conftest import build, encoded, good_members, png, png_claiming, zip_folder
 from graftune.config import DataConfig
 from graftune.data import DataError, decode, load_dataset
 
@@ -39,14 +39,6 @@ def make_folder(root: Path, layout=LAYOUT, size=(8, 8)) -> Path:
                 colour = pixel(sorted(classes).index(name), i)
                 Image.new("RGB", size, colour).save(root / split / name / f"{i:04d}.png")
     return root
-
-
-def zip_folder(folder: Path, target: Path) -> Path:
-    with zipfile.ZipFile(target, "w") as archive:
-        for file in sorted(folder.rglob("*")):
-            if file.is_file():
-                archive.write(file, file.relative_to(folder).as_posix())
-    return target
 
 
 def folder_config(path: Path, **changes) -> DataConfig:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import zip_folder
 from graftune.config import Config, DataConfig
 from graftune.data import DataError, StreamSet, load_dataset
 from graftune.data.loader import HELD, make_loader
@@ -43,14 +44,6 @@ def make_set(root: Path, train: int = 6, test: int = 3, test_name: str = "test")
                 suffix = "jpg" if image.mode in ("RGB", "L", "CMYK") else "png"
                 image.save(root / split / name / f"{i:03d}.{suffix}")
     return root
-
-
-def zipped(folder: Path, target: Path) -> Path:
-    with zipfile.ZipFile(target, "w") as archive:
-        for file in sorted(folder.rglob("*")):
-            if file.is_file():
-                archive.write(file, file.relative_to(folder).as_posix())
-    return target
 
 
 def spoil(jpeg: Path) -> None:
@@ -115,7 +108,7 @@ def test_batches_have_the_right_shapes_labels_and_own_crops(tmp_path):
 
 
 def test_evaluation_is_deterministic_and_centre_cropped(tmp_path):
-    data = stream(zipped(make_set(tmp_path / "set", test_name="val"), tmp_path / "set.zip"))
+    data = stream(zip_folder(make_set(tmp_path / "set", test_name="val"), tmp_path / "set.zip"))
     first = list(StreamEval(data, 4, "cpu").batches())
     second = list(StreamEval(data, 4, "cpu", workers=2).batches())  # decoded in 2 processes
     assert [x.shape[0] for x, _ in first] == [4, 2]
@@ -129,7 +122,7 @@ def test_evaluation_is_deterministic_and_centre_cropped(tmp_path):
 def test_folder_and_zip_stream_the_same_batches(tmp_path):
     folder = make_set(tmp_path / "set")
     a = StreamBatches(stream(folder), [0], 3, 4).next_batches()
-    b = StreamBatches(stream(zipped(folder, tmp_path / "set.zip")), [0], 3, 4).next_batches()
+    b = StreamBatches(stream(zip_folder(folder, tmp_path / "set.zip")), [0], 3, 4).next_batches()
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -137,14 +130,14 @@ def test_folder_and_zip_stream_the_same_batches(tmp_path):
 def test_the_listing_refuses_what_it_refused_before(tmp_path, kind):
     folder = make_set(tmp_path / "set")
     (folder / "train/ant/x.png").write_bytes(b"not a png")  # named like an image: refused
-    path = folder if kind == "folder" else zipped(folder, tmp_path / "set.zip")
+    path = folder if kind == "folder" else zip_folder(folder, tmp_path / "set.zip")
     with pytest.raises(DataError, match=r"cannot decode 'train/ant/x\.png'"):
         stream(path)
 
 
 def test_hostile_zip_members_and_both_test_splits_are_refused(tmp_path):
     folder = make_set(tmp_path / "set")
-    archive = zipped(folder, tmp_path / "set.zip")
+    archive = zip_folder(folder, tmp_path / "set.zip")
     with zipfile.ZipFile(archive, "a") as z:
         z.writestr("../outside.png", b"x")
     with pytest.raises(DataError, match="points outside the zip"):
