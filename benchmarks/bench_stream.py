@@ -73,22 +73,31 @@ class AuthorsBatches:
     ImageNet training transforms; stacked to the fused step's [K, B, 3, S, S]."""
 
     def __init__(self, root: str, seeds, batch_size: int, size: int, workers: int, mean, std):
-        augment = transforms.Compose([
-            transforms.RandomResizedCrop(size),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ])  # fmt: skip
+        augment = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, std),
+            ]
+        )
         self.loaders = []
         for seed in seeds:
             folder = torchvision.datasets.ImageFolder(
                 os.path.join(root, "train"), augment, loader=counted_pil_loader
             )
-            self.loaders.append(torch.utils.data.DataLoader(
-                folder, batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                generator=torch.Generator().manual_seed(seed),
-                persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
-            ))  # fmt: skip
+            self.loaders.append(
+                torch.utils.data.DataLoader(
+                    folder,
+                    batch_size,
+                    shuffle=True,
+                    num_workers=workers,
+                    drop_last=True,
+                    generator=torch.Generator().manual_seed(seed),
+                    persistent_workers=workers > 0,
+                    prefetch_factor=2 if workers else None,
+                )
+            )
         self.batch_size = batch_size
         self.steps_per_epoch = len(self.loaders[0])
         self.iters = [iter(loader) for loader in self.loaders]
@@ -128,9 +137,14 @@ def make_side(name: str, args: argparse.Namespace) -> FusedTrainer:
     if name == "authors":
         seeds = [config.train.seed + i for i in range(args.k)]
         trainer.batches = AuthorsBatches(
-            args.data_dir, seeds, args.batch_size, args.image_size, args.loader_workers,
-            data.mean, data.std,
-        )  # fmt: skip
+            args.data_dir,
+            seeds,
+            args.batch_size,
+            args.image_size,
+            args.loader_workers,
+            data.mean,
+            data.std,
+        )
     return trainer
 
 
@@ -205,20 +219,49 @@ def memory(args: argparse.Namespace) -> dict:
     for data_dir in args.data_dir:
         with tempfile.TemporaryDirectory() as out:
             command = [
-                sys.executable, "-m", "graftune.run", "--dataset", "imagefolder",
-                "--data-dir", data_dir, "--data-mode", "stream", "--model", args.model,
-                "--image-size", str(args.image_size), "--num-models", str(args.k),
-                "--fuse", "on", "--epochs", "1", "--subset", str(args.subset),
-                "--test-subset", str(args.test_subset), "--batch-size", str(args.batch_size),
-                "--no-log-weights", "--no-log-models", "--checkpoint-dir", f"{out}/ckpt",
-                "--tracking-uri", f"sqlite:///{out}/mlflow.db",
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "graftune.run",
+                "--dataset",
+                "imagefolder",
+                "--data-dir",
+                data_dir,
+                "--data-mode",
+                "stream",
+                "--model",
+                args.model,
+                "--image-size",
+                str(args.image_size),
+                "--num-models",
+                str(args.k),
+                "--fuse",
+                "on",
+                "--epochs",
+                "1",
+                "--subset",
+                str(args.subset),
+                "--test-subset",
+                str(args.test_subset),
+                "--batch-size",
+                str(args.batch_size),
+                "--no-log-weights",
+                "--no-log-models",
+                "--checkpoint-dir",
+                f"{out}/ckpt",
+                "--tracking-uri",
+                f"sqlite:///{out}/mlflow.db",
+            ]
             peak, wall, code = peak_rss(command, args.interval)
-        rows.append({
-            "data_dir": data_dir, "images": count_images(data_dir),
-            "peak_rss_mib": round(peak / 2**20, 1), "wall_s": round(wall, 1), "rc": code,
-            "command": " ".join(command[1:]),
-        })  # fmt: skip
+        rows.append(
+            {
+                "data_dir": data_dir,
+                "images": count_images(data_dir),
+                "peak_rss_mib": round(peak / 2**20, 1),
+                "wall_s": round(wall, 1),
+                "rc": code,
+                "command": " ".join(command[1:]),
+            }
+        )
         print(f"{data_dir}: peak {peak / 2**20:.1f} MiB, {wall:.0f} s, rc {code}")
     return {"runs": rows}
 
