@@ -17,8 +17,9 @@ from graftune.core.average import move_toward, population_average
 from graftune.data import load_dataset
 from graftune.population.population import Population
 from graftune.tracking.checkpoint import load_checkpoint
-from graftune.tracking.experiment import resume_payload, run_experiment
+from graftune.tracking.experiment import run_experiment
 from graftune.tracking.null_tracker import NullTracker
+from graftune.tracking.resume import resume_payload
 from graftune.training.fused import FusedTrainer
 from graftune.training.group import TrainerGroup
 from graftune.training.soup import Soup

@@ -151,7 +151,8 @@ def test_distillation_alone_through_ray_resumes_like_an_uninterrupted_run(tmp_pa
     net{k}/distill_loss is logged, and a run stopped in round 2 resumes with its teachers."""
     from graftune.population.resources import worker_threads
     from graftune.population.worker import usable_cores
-    from graftune.tracking.experiment import resume_payload, run_experiment
+    from graftune.tracking.experiment import run_experiment
+    from graftune.tracking.resume import resume_payload
 
     config = smoke_config(
         tmp_path, num_models=2, epochs=3, source="none", distill_weight=1.0, fuse="off"

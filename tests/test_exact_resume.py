@@ -10,7 +10,8 @@ from conftest import smoke_config
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
 from graftune.tracking.checkpoint import load_checkpoint
-from graftune.tracking.experiment import resume_payload, run_experiment
+from graftune.tracking.experiment import run_experiment
+from graftune.tracking.resume import resume_payload
 from graftune.training.fused import FusedTrainer
 from graftune.training.group import TrainerGroup
 

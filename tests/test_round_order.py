@@ -97,7 +97,7 @@ def test_a_stop_between_evaluation_and_graft_redoes_that_round_on_resume(
     (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
     assert [m.step for m in client.get_metric_history(stopped.info.run_id, "net0/test_acc")] == [1]
     resumed = with_overrides(config, {"resume": stopped.info.run_id})
-    from graftune.tracking.experiment import resume_payload
+    from graftune.tracking.resume import resume_payload
 
     run_experiment(resumed, data, resume=resume_payload(resumed))
     once_client = MlflowClient(once_through.tracking_uri)

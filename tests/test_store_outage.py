@@ -20,8 +20,9 @@ from conftest import empty_store, smoke_args, smoke_config
 from graftune.data import load_dataset
 from graftune.tracking import experiment
 from graftune.tracking.checkpoint import load_checkpoint
-from graftune.tracking.experiment import run_experiment, stopped_run
+from graftune.tracking.experiment import run_experiment
 from graftune.tracking.pending import StoreAway
+from graftune.tracking.resume import stopped_run
 from graftune.tracking.store import answers
 
 ROUNDS = 5
@@ -111,13 +112,13 @@ def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
 
     # resumed, with no round left: round 5 goes out, then the server goes away again
     # while the final results are logged; they wait for the next resume
-    final_results = experiment._log_final_artifacts
+    final_results = experiment.log_final_artifacts
 
     def away_at_the_end(*args):
         server.stop()
         final_results(*args)
 
-    monkeypatch.setattr(experiment, "_log_final_artifacts", away_at_the_end)
+    monkeypatch.setattr(experiment, "log_final_artifacts", away_at_the_end)
     with pytest.raises(StoreAway) as away:
         run_experiment(config, data, resume=stopped_run(client, run.info.run_id))
     assert "; the run's final results are saved with round 5 of run" in away.value.line
@@ -125,7 +126,7 @@ def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
     checkpoint = run.data.tags["graftune.tracking.checkpoint"]
     assert load_checkpoint(checkpoint)["pending"] == []  # round 5 is out: not sent again
 
-    monkeypatch.setattr(experiment, "_log_final_artifacts", final_results)
+    monkeypatch.setattr(experiment, "log_final_artifacts", final_results)
     result = run_experiment(config, data, resume=stopped_run(client, run.info.run_id))
     history = client.get_metric_history(result.run_id, "net0/test_acc")
     assert [m.step for m in history] == [1, 2, 3, 4, 5]

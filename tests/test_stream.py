@@ -253,6 +253,9 @@ def test_a_streamed_run_stopped_and_resumed_equals_one_that_never_stopped(
         run_experiment(startup.config, startup.data, on_round=stop_after_round_1)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (stopped,) = client.search_runs([client.get_experiment_by_name("graftune").experiment_id])
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*/population.pt")
+    met_before = stopped.data.metrics["data/skipped_images"]
+    assert load_checkpoint(checkpoint)["skipped_images"] == met_before
     lines = io.StringIO()  # the start-up line goes to the command's own console
     monkeypatch.setattr(run, "console", Console(file=lines, width=300))
     assert run.main([*argv, "--resume", stopped.info.run_id]) == 0
@@ -262,10 +265,12 @@ def test_a_streamed_run_stopped_and_resumed_equals_one_that_never_stopped(
     found = client.get_run(stopped.info.run_id)
     assert found.data.params["data/data_mode"] == "stream"
     assert found.data.metrics["data/skipped_images"] == 1
+    history = client.get_metric_history(found.info.run_id, "data/skipped_images")
+    counts = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert counts == sorted(counts) and counts[0] == met_before  # the resume forgets none
     inputs = {i.tags[0].value: i.dataset for i in found.inputs.dataset_inputs}
     assert inputs["training"].digest == startup.data.digest("train")
     assert '"mode": "streamed"' in inputs["evaluation"].profile
-    (checkpoint,) = (tmp_path / "checkpoints").glob("*/population.pt")
     states = load_checkpoint(checkpoint)["states"]
     for resumed, uninterrupted in zip(states, whole.states, strict=True):
         assert resumed["step"] == uninterrupted["step"] == 6

@@ -43,7 +43,7 @@ def build_parser() -> OneLineParser:
 def configure(startup: Startup) -> Config:
     """The settings, from the stopped run's checkpoint when resuming, then the flags typed
     now; the stopped run (read once) is kept in ``startup.extra``."""
-    from graftune.tracking.experiment import stopped_run
+    from graftune.tracking.resume import stopped_run
 
     args = startup.args
     typed = config_from_args(args)  # --config and the flags: --resume may come from either
@@ -66,7 +66,7 @@ def configure(startup: Startup) -> Config:
 def checked(argv: list[str] | None) -> Startup:
     """Everything that can be wrong with the input, checked before any actor starts; a
     resumed run's lease is taken last, so a refused resume leaves none behind."""
-    from graftune.tracking.experiment import claim
+    from graftune.tracking.resume import claim
 
     startup = start(build_parser(), argv, configure)
     if startup.extra is not None:

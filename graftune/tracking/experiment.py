@@ -8,49 +8,30 @@ logged twice.
 from __future__ import annotations
 
 import json
-import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 import yaml
-from mlflow.tracking import MlflowClient
 
-from graftune.config import Config, ConfigError, flatten
+from graftune.config import Config, flatten
 from graftune.data import ImageSet, StreamSet
 from graftune.population.population import Population, RoundResult
 from graftune.population.resources import placement_line
 from graftune.population.rounds import run_population
-from graftune.tracking.checkpoint import (
-    Resume,
-    check_compatible,
-    checkpoint_path,
-    read_checkpoint,
-    save_checkpoint,
-)
+from graftune.tracking.checkpoint import Resume, checkpoint_path, save_checkpoint
 from graftune.tracking.dataset_input import dataset_inputs
 from graftune.tracking.description import run_description
+from graftune.tracking.final import log_final_artifacts, log_final_networks
 from graftune.tracking.interrupt import RunStopped, exit_on_interrupt, stopped_line
-from graftune.tracking.lease import DriverLease, acquire, lease_path
-from graftune.tracking.logged_models import best_network, log_networks, log_soup
+from graftune.tracking.lease import DriverLease, lease_path
+from graftune.tracking.logged_models import best_network
 from graftune.tracking.null_tracker import NullTracker
 from graftune.tracking.pending import PendingLog, StoreAway, away_line
-from graftune.tracking.tracker import (
-    BEST_MODEL_ID_TAG,
-    BEST_MODEL_TAG,
-    CHECKPOINT_TAG,
-    REGISTERED_TAG,
-    Tracker,
-    open_tracker,
-    resolve_tracking_uri,
-    round_metrics,
-)
+from graftune.tracking.resume import resume_overrides
+from graftune.tracking.tracker import CHECKPOINT_TAG, Tracker, open_tracker, round_metrics
 
-RECORDS_ARTIFACT = "grafting/entropy_alpha.csv"
 WORKERS_TAG = "graftune.workers"  # where each network ran: node, device, threads
 PLACEMENT_TAG = "graftune.placement"  # the same in words: "64 networks in 2 workers (...)"
 FUSE_TAG = "graftune.fuse"  # why the networks were not fused where they would have been
@@ -69,7 +50,7 @@ class ExperimentResult:
     registered: str = ""  # "NAME version V" of --register-model
     states: list[dict[str, Any]] = field(default_factory=list, repr=False)  # final networks
     streamed: bool = False  # the images were decoded batch by batch, not held in memory
-    skipped_images: int = 0  # streamed images that failed to decode mid-run (this session)
+    skipped_images: int = 0  # streamed images that failed to decode mid-run, resumes included
     soup: dict[str, Any] | None = field(default=None, repr=False)  # the last soup's weights
 
     @property
@@ -83,55 +64,6 @@ class LoggedRound(RoundResult):
 
     run_id: str = ""  # the MLflow run this round was logged to
     checkpoint: str = ""  # the checkpoint written after this round ("" if none was)
-
-
-def stopped_run(client: MlflowClient, run_id: str) -> Resume:
-    """The stopped run ``run_id`` of the store ``client`` reads, with its last checkpoint:
-    its settings are the truth. The run is fetched once, here; :func:`claim` it once every
-    other setting has been checked."""
-    try:
-        run = client.get_run(run_id)
-    except Exception as error:  # MLflow raises its own types for an unknown run
-        raise ConfigError(
-            f"--resume {run_id}: no such MLflow run ({type(error).__name__})"
-        ) from None
-    if run.info.status == "FINISHED":
-        raise ConfigError(
-            f"--resume {run_id}: the run finished, so there is nothing to resume; "
-            f"start a new run (its settings are in the run's config.yaml)"
-        )
-    path = run.data.tags.get(CHECKPOINT_TAG, "")
-    if not path or not Path(path).exists():
-        raise ConfigError(f"--resume {run_id}: its checkpoint {path or '(none)'} is missing")
-    if not Path(path).is_file():
-        raise ConfigError(f"--resume {run_id}: its checkpoint {path} is not a file")
-    return Resume(run_id, read_checkpoint(path, f"--resume {run_id}"), path)
-
-
-def claim(resume: Resume) -> Resume:
-    """Take the stopped run's lease before anything starts: one driver per run."""
-    acquire(lease_path(resume.path), resume.run_id)
-    return resume
-
-
-def resume_payload(config: Config) -> Resume | None:
-    """The stopped run of ``config``'s ``resume`` setting, checked against the config."""
-    run_id = config.population.resume
-    if not run_id:
-        return None
-    resume = stopped_run(MlflowClient(resolve_tracking_uri(config.tracking.tracking_uri)), run_id)
-    check_compatible(resume.payload, config.model.model, config.population.num_models)
-    return claim(resume)
-
-
-def resume_overrides(config: Config, payload: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resume changes against its checkpoint's (``--resume`` itself aside)."""
-    saved = payload.get("config", {})
-    return {
-        k: v
-        for k, v in flatten(config).items()
-        if k != "population/resume" and k in saved and str(saved[k]) != str(v)
-    }
 
 
 def run_experiment(
@@ -191,6 +123,9 @@ def run_experiment(
     records = list(payload["records"]) if payload else []
     result = ExperimentResult(tracker.run_id, tracker.tracking_uri, history, records)
     pending = PendingLog(tracker, payload.get("pending") if payload else None)
+    # Resumed workers count damaged images anew; each epoch meets every one of them again,
+    # so the count before the stop stands until the resumed run has met as many.
+    skipped_before = int(payload.get("skipped_images", 0)) if payload else 0
     pending.flush()  # what the stopped run could not log, before its next round
     result.streamed = data.streamed
     tracker.set_description(run_description(config, data, history))
@@ -221,8 +156,8 @@ def run_experiment(
             result.events.extend(round_result.events)
             metrics = round_metrics(round_result.networks, round_result.population)
             if data.streamed:  # a file damaged after the start-up check is skipped, counted
-                result.skipped_images = round_result.skipped_images
-                metrics["data/skipped_images"] = round_result.skipped_images
+                result.skipped_images = max(skipped_before, round_result.skipped_images)
+                metrics["data/skipped_images"] = result.skipped_images
             pending.log(metrics, round_result.round)
             logged = LoggedRound(**vars(round_result), run_id=tracker.run_id)
             last = round_result.round == population.num_rounds
@@ -230,6 +165,7 @@ def run_experiment(
             if path and due:
                 state = _payload(config, round_result.round, population, history, records)
                 state.update(resumes=resumes, pending=list(pending.items))
+                state.update(skipped_images=result.skipped_images)
                 logged.checkpoint = str(save_checkpoint(path, state))
                 saved_round, last_state = round_result.round, state
             if on_round is not None:
@@ -242,8 +178,8 @@ def run_experiment(
             raise _store_away(pending, path, last_state or payload, saved_round)
         if tracker.enabled:  # plots and exported models are made only to be logged
             try:
-                _log_final_artifacts(tracker, config, result.states, history, records, result.soup)
-                _log_final_networks(tracker, config, data, result.states, result)
+                log_final_artifacts(tracker, config, result.states, history, records, result.soup)
+                log_final_networks(tracker, config, data, result.states, result)
             except Exception as error:
                 if not pending.went_away(error):
                     raise
@@ -317,50 +253,3 @@ def _payload(config, round_index, population, history, records) -> dict[str, Any
         "history": history,
         "records": records,
     }
-
-
-def _log_final_artifacts(tracker, config, states, history, records, soup=None) -> None:
-    tracker.log_table(records, RECORDS_ARTIFACT)
-    if config.tracking.plots:
-        from graftune.tracking import plots  # matplotlib costs half a second; --no-plots skips it
-
-        with tempfile.TemporaryDirectory() as tmp:
-            plots.write_all(history, records, Path(tmp))
-            tracker.log_artifacts(tmp, "plots")
-    if config.tracking.log_weights:
-        with tempfile.TemporaryDirectory() as tmp:
-            for k, state in enumerate(states):
-                torch.save(state["model"], Path(tmp) / f"net{k}.pt")
-            if soup is not None:
-                torch.save(soup, Path(tmp) / "soup.pt")
-            tracker.log_artifacts(tmp, "weights")
-
-
-def _log_final_networks(tracker, config, data, states, result: ExperimentResult) -> None:
-    """Mark the best network; log every network as an MLflow model and register the best.
-
-    An architecture that ``torch.export`` cannot trace must not fail a finished run: its
-    weights and checkpoint are kept, and the run says why it has no models."""
-    tracker.set_tag(BEST_MODEL_TAG, f"net{result.best}")
-    t = config.tracking
-    if not t.log_models:
-        return
-    try:
-        result.model_ids = log_networks(
-            tracker, config.model.model, data, states, result.final, flatten(config)
-        )
-    except Exception as error:  # noqa: BLE001 (torch.export raises many kinds)
-        reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
-        tracker.set_tag("graftune.log_models_error", reason)
-        warnings.warn(
-            f"graftune: the networks were not logged as MLflow models ({reason})", stacklevel=2
-        )
-        return
-    if result.soup is not None:  # not in model_ids: those are net{k}'s, by k
-        log_soup(tracker, config.model.model, data, result.soup, result.final, flatten(config))
-    best_id = result.model_ids[result.best]
-    tracker.set_tag(BEST_MODEL_ID_TAG, best_id)
-    if t.register_model:
-        version = tracker.register_model(best_id, t.register_model)
-        result.registered = f"{t.register_model} version {version}"
-        tracker.set_tag(REGISTERED_TAG, f"{t.register_model}/{version}")
