@@ -69,10 +69,8 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    # The run's calls keep MLflow's retries; here they give up at once, so the test takes
-    # seconds, not the minutes of back-off a real outage would first wait out.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # MLflow's own retries as they are: a round probes the server before its first call, so
+    # an outage costs the run seconds, not the minutes of back-off of a call to a gone server.
     server = Server(tmp_path)
     server.start()
     yield server
@@ -119,6 +117,10 @@ def test_metrics_wait_for_the_server_and_a_resume_logs_what_the_run_could_not(
         final_results(*args)
 
     monkeypatch.setattr(experiment, "log_final_artifacts", away_at_the_end)
+    # a call that the server leaves mid-way waits out MLflow's retries: none here, so that
+    # the test takes seconds (the probe before each round spares the rounds above that wait)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     with pytest.raises(StoreAway) as away:
         run_experiment(config, data, resume=stopped_run(client, run.info.run_id))
     assert "; the run's final results are saved with round 5 of run" in away.value.line
@@ -160,10 +162,11 @@ class FlakyStore:
     enabled, tracking_uri = True, "http://mlflow.example:5000"
 
     def __init__(self, up: list[bool]):
-        self.up, self.logged, self.restarts = up, [], 0
+        self.up, self.logged, self.restarts, self.calls_while_away = up, [], 0, 0
 
     def log_metrics(self, metrics, step, timestamp):
         if not self.up[0]:
+            self.calls_while_away += 1  # each would wait out MLflow's retries
             raise ConnectionError("connection refused")
         if metrics.get("bad"):
             raise ValueError("a metric the server refuses")
@@ -187,6 +190,8 @@ def test_waiting_metrics_go_out_in_order_with_their_own_time_and_the_sampler_res
     up[0] = False
     assert not log.log({"acc": 0.2}, 2) and not log.log({"acc": 0.3}, 3)
     assert log.steps == [2, 3] and len(lines) == 1 and "from round 2 on wait" in lines[0]
+    assert store.calls_while_away == 0  # the probe said so: no call waits out MLflow's retries
+    assert not log.ready_for_final()
     times = [item["timestamp"] for item in log.items]
     up[0] = True
     assert log.log({"acc": 0.4}, 4) and log.steps == []
@@ -195,6 +200,10 @@ def test_waiting_metrics_go_out_in_order_with_their_own_time_and_the_sampler_res
     assert store.restarts == 1 and len(lines) == 2 and "answers again" in lines[1]
     with pytest.raises(ValueError, match="refuses"):  # a server that answers and refuses
         log.log({"bad": 1.0}, 5)
+    log.items.clear()
+    up[0] = False  # nothing waits, and the server goes before the final results
+    assert not log.ready_for_final() and store.calls_while_away == 0
+    assert len(lines) == 3 and "final results wait" in lines[2]
 
 
 def test_system_metrics_start_again_when_mlflows_sampler_gave_up(tmp_path):

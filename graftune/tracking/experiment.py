@@ -174,7 +174,7 @@ def run_experiment(
         run_population(population, first_round, finish_round)
         result.best = best_network(result.final)
         result.states = population.states()
-        if not pending.flush():  # the final results wait with the metrics, for --resume
+        if not pending.ready_for_final():  # the final results wait with the metrics, for --resume
             raise _store_away(pending, path, last_state or payload, saved_round)
         if tracker.enabled:  # plots and exported models are made only to be logged
             try:

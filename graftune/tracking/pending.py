@@ -1,10 +1,11 @@
 """Per-round metrics that wait while the tracking server is away, so training goes on.
 
 A tracking server that restarts, or a network that drops for a while, must not end hours of
-training with a traceback. MLflow's client retries each call for a while first; a call that
-still fails while the server does not answer a short probe leaves its round's metrics (with
-their step and original timestamp) in a queue. Later rounds only probe the server (one quick
-try) until it answers, then the queue goes out in order, each round once. The queue is part
+training with a traceback, nor stall it for the minutes of back-off MLflow's client spends on
+each call to a server that is gone. So each round first probes a remote server (one quick
+try); while it does not answer, or when a call fails and then the probe does not answer, the
+round's metrics (with their step and original timestamp) wait in a queue, and the queue goes
+out in order, each round once, when it answers again. The queue is part
 of every checkpoint, so a run that ends before the server is back loses nothing:
 ``--resume`` logs it. A metric keeps the time it was measured: sent twice (a call that
 failed after the server had stored it), MLflow's SQL stores keep it once.
@@ -75,8 +76,9 @@ class PendingLog:
 
     def flush(self) -> bool:
         """Send what waits, oldest first; True when nothing waits any more."""
-        if self.items and self.away and not answers(self.uri):
-            return False  # one quick probe a round, not MLflow's minutes of retries
+        if self.items and self.remote and not answers(self.uri):
+            self._went_away(None)  # one quick probe a round, not MLflow's minutes of retries
+            return False
         while self.items:
             item = self.items[0]
             try:
@@ -103,9 +105,21 @@ class PendingLog:
         self._went_away(error, "the run's final results wait")
         return True
 
-    def _went_away(self, error: Exception, what: str = "") -> None:
+    def ready_for_final(self) -> bool:
+        """Whether the run's final results may be logged now: nothing waits and the server
+        answers a probe (a remote server that does not is not waited on for minutes)."""
+        if not self.flush():
+            return False
+        if self.remote and not answers(self.uri):
+            self._went_away(None, "the run's final results wait")
+            return False
+        return True
+
+    def _went_away(self, error: Exception | None, what: str = "") -> None:
         if not self.away:
-            reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+            reason = "no reply to a quick probe"
+            if error is not None:
+                reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
             what = what or (
                 f"training goes on, and the metrics from round {self.items[0]['step']} on wait"
             )
