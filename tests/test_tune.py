@@ -169,6 +169,48 @@ def test_a_trial_the_scheduler_stops_has_its_run_closed(tmp_path, capsys):
     assert run.info.status == "KILLED" and run.data.tags["graftune.stopped_early"] == "1"
 
 
+def test_a_stopped_trials_run_waits_while_the_server_is_away(monkeypatch, capsys):
+    """No MLflow call (each would wait out its retries) while a probe finds no server; the
+    run is closed at the next trial's end once it answers, and named if it never does."""
+    from graftune.commands import trial_lines
+
+    up, calls = [False], []
+
+    class Client:
+        def __init__(self, uri):
+            assert up[0], "called while the server was away"
+
+        def set_tag(self, run_id, key, value):
+            calls.append((run_id, key, value))
+
+        def set_terminated(self, run_id, status):
+            calls.append((run_id, status))
+
+    monkeypatch.setattr(trial_lines, "answers", lambda uri: up[0])
+    monkeypatch.setattr(trial_lines, "MlflowClient", Client)
+    lines = trial_lines.TrialLines("http://mlflow.example:5000")
+
+    def complete(trial_id, run_id, done):
+        result = {"round": done, "num_rounds": 3, "run_id": run_id}
+        result.update(mean_test_acc=0.5, best_test_acc=0.6, ensemble_test_acc=0.7)
+        trial = SimpleNamespace(trial_id=trial_id, config={"A": 0.25}, last_result=result)
+        lines.on_trial_complete(0, [trial], trial)
+
+    complete("t1", "R1", 1)
+    complete("t2", "R2", 2)
+    assert calls == [] and capsys.readouterr().err.count("does not answer") == 1
+    up[0] = True
+    complete("t3", "R3", 3)  # finished: nothing of its own to close
+    closed = [
+        (run_id, "graftune.stopped_early", done) for run_id, done in (("R1", "1"), ("R2", "2"))
+    ]
+    assert calls == [closed[0], ("R1", "KILLED"), closed[1], ("R2", "KILLED")]
+    up[0] = False
+    complete("t4", "R4", 1)
+    lines.on_experiment_end([])
+    assert "stopped trials' runs stay RUNNING: R4" in capsys.readouterr().err
+
+
 # --- bad input: one line, exit code 2, before Ray starts (no Ray needed for these) ---
 
 
