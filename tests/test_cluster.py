@@ -465,15 +465,18 @@ def test_a_submitted_population_spreads_over_both_nodes_and_logs_to_mlflow(clust
 
 
 @pytest.mark.slow
-def test_a_submitted_streamed_set_is_read_on_every_node(cluster, tmp_path):
+def test_a_submitted_streamed_set_is_read_and_averaged_on_every_node(cluster, tmp_path):
     """A streamed zip at a path both nodes see (as a shared filesystem gives them): only its
-    listing travels, each worker decodes its own batches, none is skipped."""
+    listing travels, each worker decodes its own batches, none is skipped. The two networks,
+    one per node, are averaged (``--source average``) through the object store, and the soup
+    is made, recalibrated on streamed batches and logged every round."""
     write_tiny_image_zip(tmp_path / "tiny.zip")
     submission_id = submit(
         cluster,
-        *"--num-models 2 --model tiny_cnn --dataset imagefolder --epochs 1".split(),
+        *"--num-models 2 --model tiny_cnn --dataset imagefolder --epochs 2".split(),
         *("--data-dir", str(tmp_path / "tiny.zip"), "--data-mode", "stream"),
         *"--image-size 16 --batch-size 4 --placement SPREAD --no-plots".split(),
+        *"--source average --average-rate 0.5 --soup every_round --soup-bn-batches 2".split(),
     )
     logs = wait_for_job(cluster, submission_id)
     client, run = run_of(logs, cluster)
@@ -483,6 +486,10 @@ def test_a_submitted_streamed_set_is_read_on_every_node(cluster, tmp_path):
     assert set(nodes) == {cluster.head_node, cluster.worker_node}
     assert run.data.params["data/data_mode"] == "stream"
     assert run.data.metrics["data/skipped_images"] == 0
+    soups = client.get_metric_history(run.info.run_id, "population/soup_test_acc")
+    assert [m.step for m in soups] == [1, 2]
+    weights = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
+    assert {"weights/net0.pt", "weights/net1.pt", "weights/soup.pt"} <= weights
 
 
 @pytest.mark.slow
