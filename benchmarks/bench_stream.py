@@ -14,6 +14,12 @@ decodes: K fused networks on one CPU worker fed three ways, side by side in one 
 
     python benchmarks/bench_stream.py decodes --data-dir SET --model resnet20 --image-size 32
 
+    On a GPU (``--device cuda``): the decodes stay in the CPU loader workers, batches are
+    pinned and copied to the device, the crops and the step run there.
+
+    python benchmarks/bench_stream.py decodes --data-dir SET --model resnet18 \
+        --image-size 224 --device cuda --loader-workers 4 --threads 4
+
 memory: peak RSS (the process tree, summed, sampled with psutil) of a streamed
     ``python -m graftune.run`` on each given image set; the training work is bounded by
     --subset while the listing covers the whole set.
@@ -72,7 +78,9 @@ class AuthorsBatches:
     """K torchvision ImageFolder + DataLoader loaders, one per network, with the authors'
     ImageNet training transforms; stacked to the fused step's [K, B, 3, S, S]."""
 
-    def __init__(self, root: str, seeds, batch_size: int, size: int, workers: int, mean, std):
+    def __init__(
+        self, root: str, seeds, batch_size: int, size: int, workers: int, mean, std, device
+    ):
         augment = transforms.Compose(
             [
                 transforms.RandomResizedCrop(size),
@@ -95,10 +103,11 @@ class AuthorsBatches:
                     drop_last=True,
                     generator=torch.Generator().manual_seed(seed),
                     persistent_workers=workers > 0,
+                    pin_memory=device.type == "cuda",  # as the authors' script pins
                     prefetch_factor=2 if workers else None,
                 )
             )
-        self.batch_size = batch_size
+        self.batch_size, self.device = batch_size, device
         self.steps_per_epoch = len(self.loaders[0])
         self.iters = [iter(loader) for loader in self.loaders]
 
@@ -112,7 +121,8 @@ class AuthorsBatches:
                 x, y = next(self.iters[j])
             xs.append(x)
             ys.append(y)
-        return torch.stack(xs), torch.stack(ys)
+        x, y = torch.stack(xs), torch.stack(ys)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
 def make_config(args: argparse.Namespace, shared_order: bool) -> Config:
@@ -133,7 +143,7 @@ def make_config(args: argparse.Namespace, shared_order: bool) -> Config:
 def make_side(name: str, args: argparse.Namespace) -> FusedTrainer:
     config = make_config(args, shared_order=name == "stream-shared")
     data = load_dataset(config.data)
-    trainer = FusedTrainer(config, range(args.k), data, device="cpu")
+    trainer = FusedTrainer(config, range(args.k), data, device=args.device)
     if name == "authors":
         seeds = [config.train.seed + i for i in range(args.k)]
         trainer.batches = AuthorsBatches(
@@ -144,6 +154,7 @@ def make_side(name: str, args: argparse.Namespace) -> FusedTrainer:
             args.loader_workers,
             data.mean,
             data.std,
+            trainer.device,
         )
     return trainer
 
@@ -156,6 +167,8 @@ def measure(trainer: FusedTrainer, steps: int) -> tuple[float, float, float]:
     for _ in range(steps):
         x, y = trainer._next_batches()
         trainer.train_step(x, y)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     trained = steps * trainer.size * trainer.batches.batch_size
     return trained / seconds, trained / cpu, (DECODES.value - start_count) / trained
@@ -277,6 +290,7 @@ def main() -> None:
     dec.add_argument("--repeats", type=int, default=3)
     dec.add_argument("--loader-workers", type=int, default=0, help="per loader")
     dec.add_argument("--threads", type=int, default=1, help="torch threads of the step")
+    dec.add_argument("--device", default="cpu", help="cpu, or cuda: the step and crops there")
     mem = sub.add_parser("memory", help="peak RSS of a streamed run, per image set")
     mem.add_argument("--data-dir", action="append", required=True)
     mem.add_argument("--subset", type=int, default=1000, help="train images actually trained")

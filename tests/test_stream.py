@@ -308,3 +308,25 @@ def test_torchcodec_and_pillow_decode_a_jpeg_to_nearly_the_same_pixels(tmp_path,
         pillow = images.load(0)
     assert codec.shape == pillow.shape == ((3, 73, 73) if train else (3, 64, 64))
     assert np.abs(codec.astype(int) - pillow.astype(int)).mean() < 3
+
+
+def test_without_torchcodec_pillow_decodes_and_says_so_once(tmp_path, monkeypatch):
+    """Where only torch is installed (a lent GPU's image), the data layer still imports and a
+    JPEG still decodes, by Pillow, with one warning."""
+    import sys
+
+    from graftune.data import loader
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.jpg")
+    images = loader.DecodedImages(
+        str(tmp_path), False, ["a.jpg"], np.zeros(1, np.int64), 32, True, 1 << 24
+    )
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # import fails
+    loader._torchcodec_jpeg.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="TorchCodec is missing") as said:
+            first, second = images.load(0), images.load(0)
+    finally:
+        loader._torchcodec_jpeg.cache_clear()
+    assert len(said) == 1 and first.shape == second.shape == (3, 37, 37)
+    assert abs(int(first[0].mean()) - 200) < 8  # red, decoded

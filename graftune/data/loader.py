@@ -14,6 +14,7 @@ not stop the run: the collate drops it and names it, and the caller counts it.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchcodec.decoders import decode_jpeg
 from torchvision.transforms.v2 import functional as tvf
 
 from graftune.data.decode import SIXTEEN_BIT
@@ -168,11 +168,29 @@ def _tensor_decode(
     draft decodes at 1/2 to 1/8 scale (faster there in BENCHMARKS.md: 1.15x at a 64 canvas)."""
     if image_format != "JPEG" or min(size[0] / box[0], size[1] / box[1]) >= 2:
         return None
+    decode_jpeg = _torchcodec_jpeg()
+    if decode_jpeg is None:
+        return None
     try:
         pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
     except RuntimeError:
         return None
     return tvf.resize(pixels, [box[1], box[0]], antialias=True)
+
+
+@functools.cache
+def _torchcodec_jpeg():
+    """TorchCodec's JPEG decoder, imported on first use: the in-memory path and the scripts
+    that run where only torch is installed (a lent GPU) never need it. A declared dependency,
+    so its absence is a hand-made environment: said once, and Pillow decodes instead."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError as error:
+        warnings.warn(
+            f"graftune: TorchCodec is missing ({error}); Pillow decodes JPEGs", stacklevel=2
+        )
+        return None
+    return decode_jpeg
 
 
 def _rgb(image: Image.Image) -> Image.Image:
