@@ -135,6 +135,35 @@ def test_the_listing_refuses_what_it_refused_before(tmp_path, kind):
         stream(path)
 
 
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_headers_read_by_several_processes_give_the_same_listing_and_refusal(
+    tmp_path, monkeypatch, capsys, kind
+):
+    """A large set's headers are read by a pool of processes (here: any set, in chunks of 4,
+    two processes): the same listing, and the same one line for a bad file in a late chunk."""
+    from graftune.data import headers
+
+    folder = make_set(tmp_path / "set")
+    path = folder if kind == "folder" else zip_folder(folder, tmp_path / "set.zip")
+    one = headers.list_images(str(path), 1 << 24)
+    monkeypatch.setenv("GRAFTUNE_CACHE", str(tmp_path / "other-cache"))  # list it again
+    monkeypatch.setattr(headers, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(headers, "CHUNK", 4)
+    monkeypatch.setattr(headers, "_cpus", lambda: 2)
+    pool = headers.list_images(str(path), 1 << 24)
+    said = capsys.readouterr().err
+    assert "reading the headers of 18 images" in said and "with 2 processes" in said
+    for split, count in (("train", 12), ("test", 6)):
+        assert list(pool.names[split]) == list(one.names[split])
+        assert (pool.sizes[split] == one.sizes[split]).all() and len(one.sizes[split]) == count
+        assert (pool.labels[split] == one.labels[split]).all()
+
+    (folder / "test/bee/zz.png").write_bytes(b"not a png")  # the last chunk
+    path = folder if kind == "folder" else zip_folder(folder, tmp_path / "bad.zip")
+    with pytest.raises(DataError, match=r"cannot decode 'test/bee/zz\.png'"):
+        headers.list_images(str(path), 1 << 24)
+
+
 def test_hostile_zip_members_and_both_test_splits_are_refused(tmp_path):
     folder = make_set(tmp_path / "set")
     archive = zip_folder(folder, tmp_path / "set.zip")
