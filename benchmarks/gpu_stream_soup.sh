@@ -5,7 +5,9 @@
 #      in CPU loader workers, three layouts side by side (graftune's shared order, each
 #      network its own order, the authors' K ImageFolder + DataLoader loaders), on generated
 #      photo-like JPEGs of 200-500 px. The decoder is TorchCodec where it is installed, else
-#      Pillow (the GPU image has no TorchCodec; the first line says which).
+#      Pillow (the GPU image has no TorchCodec; the first line says which). Before it, the
+#      GPU decoder candidate: torchvision's decode_jpeg on the GPU (nvJPEG) + resize, in
+#      images/s, beside graftune's CPU decode per CPU-second (bench_gpu_decode.py).
 #   2. issue 28: the CPU harness's arms fused on the GPU (benchmarks/fused_accuracy.py), the
 #      same 10,000 training images (--subset 10000), the full test set, 15 epochs, seeds 0
 #      and 1, each with its soup: pair4 (grafted c = 500 + independent, paired), pair4-c10,
@@ -25,6 +27,8 @@ python3 -c 'import torchcodec.decoders' 2>/dev/null && echo "decoder: TorchCodec
 start=$(date +%s)
 timeout 120 python3 benchmarks/make_image_sets.py generated /tmp/photos --train "${TRAIN:-4000}" \
   --val 200 --sizes 200 500
+timeout 90 python3 benchmarks/bench_gpu_decode.py /tmp/photos --images 2000 --size 224 2>&1 |
+  grep -v -i warn | tee "$out/gpu_decode.json"
 timeout "${STREAM_LIMIT:-240}" python3 benchmarks/bench_stream.py decodes --data-dir /tmp/photos \
   --model resnet18 --image-size 224 --batch-size 64 --k 4 --device cuda \
   --loader-workers "${WORKERS:-3}" --threads 2 --steps 20 --repeats 2 --warmup 3 \
