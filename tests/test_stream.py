@@ -359,3 +359,34 @@ def test_without_torchcodec_pillow_decodes_and_says_so_once(tmp_path, monkeypatc
         loader._torchcodec_jpeg.cache_clear()
     assert len(said) == 1 and first.shape == second.shape == (3, 37, 37)
     assert abs(int(first[0].mean()) - 200) < 8  # red, decoded
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_search_trains_its_trials_on_a_streamed_set(tmp_path, monkeypatch, capsys):
+    """Tune trials on a folder of mixed-size images: each trial's population streams it."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import smoke_args
+    from graftune.commands import trial
+    from graftune.commands import tune as tune_command
+
+    monkeypatch.setitem(trial.DRIVER_BUNDLE, "CPU", 0.1)  # both trials fit the tests' Ray
+    folder = make_set(tmp_path / "set", test_name="val")
+    (tmp_path / "space.yaml").write_text("A: {uniform: [0.2, 0.6]}\n")
+    flags = f"--dataset imagefolder --data-dir {folder} --image-size {SIZE} --batch-size 4"
+    search = f"--search-space {tmp_path / 'space.yaml'} --storage-path {tmp_path / 'tune'}"
+    trials = "--num-samples 2 --max-concurrent-trials 2 --cpus-per-worker 0.1 --fuse on"
+    argv = smoke_args(tmp_path, *f"{flags} {search} {trials} --epochs 1".split())
+    assert tune_command.main([*argv, "--no-log-weights", "--no-system-metrics"]) == 0
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    trial_runs = [
+        r for r in client.search_runs(experiments) if "population/mean_test_acc" in r.data.metrics
+    ]
+    assert len(trial_runs) == 2
+    for run in trial_runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["data/data_mode"] == "stream"
+        assert run.data.metrics["data/skipped_images"] == 0
+    assert capsys.readouterr().err.count(" finished: ") == 2
