@@ -107,6 +107,28 @@ def test_batches_have_the_right_shapes_labels_and_own_crops(tmp_path):
     assert subset.digest("train") == again.digest("train") != data.digest("train")
 
 
+def test_crop_scale_bounds_the_share_of_each_image_a_crop_keeps(tmp_path):
+    from graftune.data.crops import crop_boxes
+
+    sizes = torch.tensor([[200.0, 150.0], [120.0, 160.0], [300.0, 300.0]]).repeat(200, 1)
+    area = sizes.prod(1)
+
+    def shares(scale=None):
+        generator = torch.Generator().manual_seed(0)
+        boxes, _ = (
+            crop_boxes(sizes, generator) if scale is None else crop_boxes(sizes, generator, scale)
+        )
+        return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / area
+
+    default, mild = shares(), shares(0.5)
+    assert default.min() < 0.2  # torchvision's 8%: some crops keep a small part
+    rounding = 0.02  # sides are whole pixels
+    assert mild.min() >= 0.5 - rounding and mild.max() <= 1 and default.min() >= 0.08 - rounding
+    data = stream(make_set(tmp_path / "set"), crop_scale=0.5)  # --crop-scale reaches the crops
+    assert data.crop_scale == 0.5
+    assert StreamBatches(data, seeds=[0], order_seed=7, batch_size=5).crop_scale == 0.5
+
+
 def test_evaluation_is_deterministic_and_centre_cropped(tmp_path):
     data = stream(zip_folder(make_set(tmp_path / "set", test_name="val"), tmp_path / "set.zip"))
     first = list(StreamEval(data, 4, "cpu").batches())

@@ -77,6 +77,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_image_bytes": at_least(1),
     "memory_budget": at_least(1),
     "image_size": (lambda v: v == 0 or v >= 8, "must be 0 (auto) or >= 8"),
+    "crop_scale": (lambda v: 0 < v <= 1, "must be above 0 and at most 1"),
     "loader_workers": at_least(-1, "(-1 = from the worker's CPU share)"),
     "num_models": between(1, MAX_NUM_MODELS),
     "checkpoint_every": at_least(1),

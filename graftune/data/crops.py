@@ -1,9 +1,10 @@
 """Random resized crops and flips of a whole decoded batch, different for every network.
 
 One decoded batch serves all the networks of a fused worker: each draws its own
-RandomResizedCrop boxes (torchvision's rule: 8% to 100% of the image's area, aspect ratio 3/4
-to 4/3, ten tries, then the centred whole image) and flips, and all K x B crops are resampled
-in one ``roi_align`` call on the training device, with no loop over images.
+RandomResizedCrop boxes (torchvision's rule: ``--crop-scale``, 8% by default, to 100% of the
+image's area, aspect ratio 3/4 to 4/3, ten tries, then the centred whole image) and flips,
+and all K x B crops are resampled in one ``roi_align`` call on the training device, with no
+loop over images.
 
 The boxes are drawn in each image's own pixels (its width and height from the decoder), then
 mapped onto the square canvas the loader squeezed it to, so the crops have the aspect
@@ -18,19 +19,19 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import roi_align
 
-SCALE = (0.08, 1.0)
+SCALE = 0.08  # the smallest share of the area, as torchvision's; --crop-scale sets it
 RATIO = (3 / 4, 4 / 3)
 TRIES = 10
 
 
 def crop_boxes(
-    sizes: torch.Tensor, generator: torch.Generator
+    sizes: torch.Tensor, generator: torch.Generator, scale: float = SCALE
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image (sizes: [B, 2] width, height): a RandomResizedCrop box (x1, y1, x2, y2) in
-    its own pixels, and whether to flip it."""
+    its own pixels, keeping ``scale`` to all of its area, and whether to flip it."""
     b = len(sizes)
     width, height = sizes[:, 0:1], sizes[:, 1:2]
-    area = width * height * torch.empty(b, TRIES).uniform_(*SCALE, generator=generator)
+    area = width * height * torch.empty(b, TRIES).uniform_(scale, 1.0, generator=generator)
     log_ratio = torch.empty(b, TRIES).uniform_(
         math.log(RATIO[0]), math.log(RATIO[1]), generator=generator
     )
@@ -58,6 +59,7 @@ def resized_crops(
     sizes: torch.Tensor,
     generators: Sequence[torch.Generator],
     size: int,
+    scale: float = SCALE,
 ) -> torch.Tensor:
     """[K, B, 3, size, size] float pixels (0-255) of K networks' crops of one batch.
 
@@ -67,9 +69,10 @@ def resized_crops(
         generators: one per network: its crops and flips (drawn on the CPU, so a seed gives
             the same crops on any device).
         size: the side of the crops.
+        scale: the smallest share of an image's area a crop keeps.
     """
     b, side = len(canvas), canvas.shape[-1]
-    drawn = [crop_boxes(sizes, g) for g in generators]
+    drawn = [crop_boxes(sizes, g, scale) for g in generators]
     boxes = torch.cat([box for box, _ in drawn])  # [K*B, 4], original pixels
     scale = (side / sizes).repeat(len(generators), 1).repeat(1, 2)  # x, y, x, y onto the canvas
     index = torch.arange(b, dtype=boxes.dtype).repeat(len(generators))[:, None]

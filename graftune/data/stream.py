@@ -46,6 +46,7 @@ class StreamSet:
     keep: dict[str, np.ndarray]  # split: the listing's indices in use (--subset)
     image_size: int
     max_image_bytes: int
+    crop_scale: float = 0.08  # the smallest share of an image's area a training crop keeps
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
 
@@ -117,7 +118,9 @@ def load_dataset(cfg: DataConfig) -> ImageSet | StreamSet:
         "train": subset_index(len(listing.labels["train"]), cfg.subset, seed=0),
         "test": subset_index(len(listing.labels["test"]), cfg.test_subset, seed=1),
     }
-    data = StreamSet(listing, cfg.data_dir, keep, cfg.image_size, cfg.max_image_bytes)
+    data = StreamSet(
+        listing, cfg.data_dir, keep, cfg.image_size, cfg.max_image_bytes, cfg.crop_scale
+    )
     data.mean, data.std = _sample_stats(data)
     return data
 

@@ -121,6 +121,7 @@ class StreamBatches:
     ):
         readable(data)
         self.device, self.seeds, self.size = torch.device(device), list(seeds), data.image_size
+        self.crop_scale = data.crop_scale
         self.channels_last = channels_last
         pin = self.device.type == "cuda"
         images = data.decoded("train")
@@ -162,7 +163,7 @@ class StreamBatches:
             return [batch.images[:0].float()] * len(seeds), labels
         gens = [torch.Generator().manual_seed(mixed_seed(s, epoch, step)) for s in seeds]
         canvas = batch.images.to(self.device, non_blocking=True)
-        crops = resized_crops(canvas, batch.sizes, gens, self.size)
+        crops = resized_crops(canvas, batch.sizes, gens, self.size, self.crop_scale)
         return [_normalise(c, self.scale, self.shift, self.channels_last) for c in crops], labels
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
