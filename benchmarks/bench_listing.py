@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    rows = {"one process": [], f"{headers._cpus()} processes": []}
+    rows = {"one process": [], f"{headers.usable_cpus()} processes": []}
     for _ in range(args.repeats):
         for name, parallel in zip(rows, (False, True)):
             seconds, images = listed(args.data_dir, parallel)

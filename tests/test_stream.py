@@ -171,7 +171,7 @@ def test_headers_read_by_several_processes_give_the_same_listing_and_refusal(
     monkeypatch.setenv("GRAFTUNE_CACHE", str(tmp_path / "other-cache"))  # list it again
     monkeypatch.setattr(headers, "PARALLEL_FROM", 1)
     monkeypatch.setattr(headers, "CHUNK", 4)
-    monkeypatch.setattr(headers, "_cpus", lambda: 2)
+    monkeypatch.setattr(headers, "usable_cpus", lambda: 2)
     pool = headers.list_images(str(path), 1 << 24)
     said = capsys.readouterr().err
     assert "reading the headers of 18 images" in said and "with 2 processes" in said

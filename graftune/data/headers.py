@@ -10,7 +10,6 @@ line. Only the sizes may differ: a streamed set is resized batch by batch.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import warnings
 import zipfile
@@ -26,6 +25,7 @@ from PIL import Image
 from graftune.data.cache import cache_dir, write_arrays
 from graftune.data.decode import SPLITS, check_size, open_image
 from graftune.data.files import Listing, list_zip, open_zip, read_member, source_key
+from graftune.data.loader import usable_cpus
 
 PARALLEL_FROM = 20_000  # images: below, one process reads the headers (about 0.1 ms each)
 CHUNK = 2_048  # headers per task
@@ -67,16 +67,16 @@ def list_images(data_dir: str, max_image_bytes: int) -> ImageListing:
     cached = _read(cache, str(path.resolve()), path.is_file())
     if cached is not None:
         return cached
-    if listing is None:
-        with open_zip(path, data_dir) as archive:
+    with open_zip(path, data_dir) if listing is None else nullcontext() as archive:
+        if archive is not None:  # a zip: its directory is read once, for both
             listing = list_zip(archive, data_dir, max_image_bytes)
-    out = _check(listing, str(path), path.is_file(), max_image_bytes)
+        out = _check(listing, str(path), archive, max_image_bytes)
     result = ImageListing(str(path.resolve()), path.is_file(), *out)
     _write(cache, result)
     return result
 
 
-def _check(listing: Listing, path: str, is_zip: bool, limit: int) -> tuple:
+def _check(listing: Listing, path: str, archive: zipfile.ZipFile | None, limit: int) -> tuple:
     classes = listing.classes()  # a refusal first: bad input is one line, not a warning too
     listing.report_skipped()
     index = {c: i for i, c in enumerate(classes)}
@@ -85,11 +85,11 @@ def _check(listing: Listing, path: str, is_zip: bool, limit: int) -> tuple:
     every = [n for split in SPLITS for n in names[split]]
     chunks = [every[i : i + CHUNK] for i in range(0, len(every), CHUNK)]
     data_dir = listing.data_dir
+    is_zip = archive is not None
     check = partial(header_sizes, path, is_zip, data_dir=data_dir, limit=limit)
-    processes = min(len(chunks), _cpus())
+    processes = min(len(chunks), usable_cpus())
     if len(every) < PARALLEL_FROM or processes < 2:
-        with open_zip(Path(path), data_dir) if is_zip else nullcontext() as archive:
-            sizes = [check(chunk, archive=archive) for chunk in chunks]
+        sizes = [check(chunk, archive=archive) for chunk in chunks]
     else:  # a start-up's minutes on ImageNet's 1.28 M files: every core reads headers
         print(
             f"graftune: reading the headers of {len(every):,} images in '{listing.data_dir}' "
@@ -137,13 +137,6 @@ def _open_archive(path: str, data_dir: str) -> None:
     a chunk (ImageNet's has 1.28 M entries)."""
     global _ARCHIVE
     _ARCHIVE = open_zip(Path(path), data_dir)
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _read(file: Path, path: str, is_zip: bool) -> ImageListing | None:

@@ -226,12 +226,15 @@ def loader_workers(asked: int, cpus: float | None = None) -> int:
     trains, so a one-CPU worker decodes in its own process."""
     if asked >= 0:
         return asked
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = os.cpu_count() or 1
-    return max(0, int(cpus) - 1)
+    return max(0, int(usable_cpus() if cpus is None else cpus) - 1)
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def make_loader(
