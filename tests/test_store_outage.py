@@ -182,8 +182,8 @@ def test_waiting_metrics_go_out_in_order_with_their_own_time_and_the_sampler_res
     from graftune.tracking import pending
     from graftune.tracking.pending import PendingLog
 
-    up = [True]
-    monkeypatch.setattr(pending, "answers", lambda uri: up[0])
+    up, probes = [True], []
+    monkeypatch.setattr(pending, "answers", lambda uri: probes.append(uri) or up[0])
     store, lines = FlakyStore(up), []
     log = PendingLog(store, say=lines.append)
     assert log.log({"acc": 0.1}, 1)
@@ -201,6 +201,9 @@ def test_waiting_metrics_go_out_in_order_with_their_own_time_and_the_sampler_res
     with pytest.raises(ValueError, match="refuses"):  # a server that answers and refuses
         log.log({"bad": 1.0}, 5)
     log.items.clear()
+    log.items.append({"step": 5, "timestamp": 0, "metrics": {"acc": 0.5}})
+    probes.clear()
+    assert log.ready_for_final() and len(probes) == 1  # the flush's probe serves the final too
     up[0] = False  # nothing waits, and the server goes before the final results
     assert not log.ready_for_final() and store.calls_while_away == 0
     assert len(lines) == 3 and "final results wait" in lines[2]

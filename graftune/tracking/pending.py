@@ -107,10 +107,12 @@ class PendingLog:
 
     def ready_for_final(self) -> bool:
         """Whether the run's final results may be logged now: nothing waits and the server
-        answers a probe (a remote server that does not is not waited on for minutes)."""
+        answers a probe (a remote server that does not is not waited on for minutes). A flush
+        that sent something has just probed and been answered: no second probe then."""
+        probed = self.remote and bool(self.items)
         if not self.flush():
             return False
-        if self.remote and not answers(self.uri):
+        if self.remote and not probed and not answers(self.uri):
             self._went_away(None, "the run's final results wait")
             return False
         return True
