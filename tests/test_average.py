@@ -15,6 +15,7 @@ from graftune.commands import soup as soup_command
 from graftune.config import with_overrides
 from graftune.core.average import move_toward, population_average
 from graftune.data import load_dataset
+from graftune.population import population as population_module
 from graftune.population.population import Population
 from graftune.tracking.checkpoint import load_checkpoint
 from graftune.tracking.experiment import run_experiment
@@ -151,6 +152,49 @@ def test_rate_1_makes_every_network_the_average_after_one_exchange(tmp_path):
     assert "soup_test_acc" not in trained.population  # --soup end: the last round only
     floats = [k for k, v in net0.items() if v.is_floating_point()]
     assert all(torch.equal(net0[k], net1[k]) for k in floats)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_diverged_network_is_left_out_of_the_average(tmp_path, monkeypatch):
+    config = smoke_config(
+        tmp_path, **{**SETTINGS, "num_models": 3}, source="average", average_rate=1.0
+    )
+    data = load_dataset(config.data)
+    population = Population(config, ray.put(data), data.test_labels)
+    trained = []  # the states the average is taken from: trained, diverged ones restored
+
+    def held_now(pop):  # what the workers hold (states() is the last round's restart point)
+        return models(pop.per_network([a.get_state.remote() for a in pop.actors]))
+
+    def keep_trained_states(pop, include):
+        trained.append(held_now(pop))
+        return real_average_of(pop, include)
+
+    real_average_of = population_module.average_of
+    monkeypatch.setattr(population_module, "average_of", keep_trained_states)
+    population.start()
+    try:
+        population.run_round(1)
+        states = population.states()
+        states[1]["model"] = {
+            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+            for k, v in states[1]["model"].items()
+        }
+        population.load_states(states)
+        result = population.run_round(2)
+        averaged = held_now(population)
+    finally:
+        population.shutdown()
+    assert [n["restored"] for n in result.networks] == [0, 1, 0]
+    net0, net1, net2 = trained[-1]  # net1: a copy of net0, which must not count twice
+    floats = [k for k, v in net0.items() if v.is_floating_point()]
+    assert all(torch.equal(net1[k], net0[k]) for k in floats)
+    for network in averaged:
+        for key in floats:
+            expected = (net0[key] + net2[key]) / 2
+            assert torch.allclose(network[key], expected, atol=1e-6), key
+    counted_twice = (2 * net0[floats[0]] + net2[floats[0]]) / 3
+    assert not torch.allclose(averaged[0][floats[0]], counted_twice, atol=1e-6)
 
 
 @pytest.mark.usefixtures("ray_local")
