@@ -194,6 +194,14 @@ def run_with_hook_after_round_1(config, hook):
     )
 
 
+def nan_weights(model_state: dict) -> dict:
+    """A network's state with every floating-point tensor NaN: it diverges at its next step."""
+    return {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in model_state.items()
+    }
+
+
 # --- comparing trainers, and stopping a run between a round's evaluation and its graft ---
 
 

@@ -10,7 +10,7 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import empty_store, refused, smoke_config, tiny_config
+from conftest import empty_store, nan_weights, refused, smoke_config, tiny_config
 from graftune.commands import soup as soup_command
 from graftune.config import with_overrides
 from graftune.core.average import move_toward, population_average
@@ -176,10 +176,7 @@ def test_a_diverged_network_is_left_out_of_the_average(tmp_path, monkeypatch):
     try:
         population.run_round(1)
         states = population.states()
-        states[1]["model"] = {
-            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-            for k, v in states[1]["model"].items()
-        }
+        states[1]["model"] = nan_weights(states[1]["model"])
         population.load_states(states)
         result = population.run_round(2)
         averaged = held_now(population)

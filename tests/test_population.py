@@ -8,7 +8,13 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import ONE_WORKER, run_with_hook_after_round_1, smoke_args, smoke_config
+from conftest import (
+    ONE_WORKER,
+    nan_weights,
+    run_with_hook_after_round_1,
+    smoke_args,
+    smoke_config,
+)
 from graftune.commands import run
 from graftune.config import Config, with_overrides
 from graftune.core import GraftPolicy, find_graft_units, ring_graft
@@ -95,10 +101,7 @@ def test_nan_network_is_restored_and_never_a_graft_source(tmp_path):
     def poison_network_1(population):
         actor = population.actors[1]
         [state] = ray.get(actor.get_state.remote())
-        state["model"] = {
-            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-            for k, v in state["model"].items()
-        }
+        state["model"] = nan_weights(state["model"])
         ray.get(actor.set_state.remote([state]))
 
     result = run_with_hook_after_round_1(config, poison_network_1)
