@@ -244,7 +244,12 @@ def test_the_soup_command_refuses_an_unknown_run_in_one_line(tmp_path, capsys):
     shutil.copyfile(empty_store(), tmp_path / "mlflow.db")  # made once: migrations cost seconds
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     line = refused(capsys, soup_command.main, ["0123abcd", "--tracking-uri", store])
-    assert "0123abcd: no such MLflow run" in line
+    assert f"0123abcd: no such MLflow run in {store}" in line
+    # a bad flag is named before the store is asked: the run's absence is not the news
+    line = refused(
+        capsys, soup_command.main, ["0123abcd", "--tracking-uri", store, "--bn-batches", "-3"]
+    )
+    assert "--bn-batches -3: must be >= 0" in line and "0123abcd" not in line
 
 
 def test_checkpoints_carry_the_soup_in_the_history(rate_0_run):

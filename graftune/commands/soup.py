@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from graftune.commands.cli import OneLineParser
 from graftune.commands.startup import Startup, start
-from graftune.config import Config, ConfigError, flatten, from_flat, validate, with_overrides
+from graftune.config import RULES, Config, ConfigError, flatten, from_flat, validate, with_overrides
 from graftune.core.average import population_average
 from graftune.models import list_models
 from graftune.tracking.logged_models import log_soup
@@ -50,11 +50,15 @@ def configure(startup: Startup) -> Config:
     """The run's settings (its params), with the data where it is now; the run, its last
     round and its networks go to ``startup.extra``."""
     args = startup.args
+    ok, rule = RULES["soup_bn_batches"]
+    if args.bn_batches is not None and not ok(args.bn_batches):
+        raise ConfigError(f"--bn-batches {args.bn_batches}: {rule}")  # before any lookup
     client = startup.store(args.tracking_uri)
     try:
         run = client.get_run(args.run_id)
-    except Exception as error:  # MLflow raises its own types for an unknown run
-        raise ConfigError(f"{args.run_id}: no such MLflow run ({type(error).__name__})") from None
+    except Exception:  # MLflow raises its own types for an unknown run
+        uri = resolve_tracking_uri(args.tracking_uri)
+        raise ConfigError(f"{args.run_id}: no such MLflow run in {uri}") from None
     overrides: dict[str, Any] = {"tracking_uri": resolve_tracking_uri(args.tracking_uri)}
     overrides["checkpoint_dir"] = "."  # the command writes no checkpoint
     if args.data_dir:
