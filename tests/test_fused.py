@@ -11,9 +11,9 @@ from conftest import distance, models_of, tiny_config
 from graftune.config import Config, ConfigError, validate, with_overrides
 from graftune.data import load_dataset
 from graftune.models import register_model
-from graftune.training.fused import FusedTrainer, fusable
+from graftune.training.fused import FusedTrainer
 from graftune.training.group import TrainerGroup
-from graftune.training.grouped import computes_like_vmap, groupable
+from graftune.training.grouped import computes_like_vmap, fusable, groupable
 
 # Relative distance ||fused - separate|| / ||separate|| over every float tensor of a network.
 # One step agrees to float rounding (about 1e-7); the vmapped convolutions sum in another

@@ -7,7 +7,8 @@ import torch
 
 from graftune.config import Config, with_overrides
 from graftune.data import load_dataset
-from graftune.training.trainer import Trainer, initial_lr
+from graftune.training.common import initial_lr
+from graftune.training.trainer import Trainer
 
 
 def make_trainer(index=0, **overrides) -> Trainer:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import ray
 
 from graftune.config import Config, one_network_per_worker
-from graftune.training.fused import fusable
+from graftune.training.grouped import fusable
 
 
 def worker_resources(

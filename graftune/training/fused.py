@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import torch
@@ -31,33 +30,11 @@ from graftune.core import GraftPolicy, find_graft_units, l1_invalid_counts, unit
 from graftune.core.distill import distill_loss
 from graftune.data import ImageSet, StreamSet, skipped_count
 from graftune.models import create_model
+from graftune.training.common import autocast, autocast_dtype, data_sources, initial_lr, lr_factor
 from graftune.training.cuda_graph import WARMUP_STEPS, CudaGraphStep
 from graftune.training.grouped import GroupedForward, groupable, grouped_network, vmapped
 from graftune.training.stacked import StackedNetworks
-from graftune.training.trainer import (
-    Trainer,
-    autocast,
-    autocast_dtype,
-    data_sources,
-    initial_lr,
-    lr_factor,
-)
-
-
-@cache
-def fusable(model_name: str, num_classes: int = 10, image_size: int = 32) -> str:
-    """Why the model cannot be trained fused ('' if it can): one tiny vmapped train step
-    on the CPU (vmap runs every fused model, or is what the wide layout is checked against),
-    once per process."""
-    try:
-        models = [create_model(model_name, num_classes=num_classes) for _ in range(2)]
-        base = copy.deepcopy(models[0]).to("meta").train()
-        params, buffers = stack_module_state(models)
-        x = torch.zeros(2, 2, 3, image_size, image_size)
-        vmapped(base)(params, buffers, x).sum().backward()
-    except Exception as error:  # any op without a batching rule shows up here
-        return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    return ""
+from graftune.training.trainer import Trainer
 
 
 class FusedTrainer(StackedNetworks):

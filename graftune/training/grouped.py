@@ -153,6 +153,22 @@ def vmapped(base: nn.Module, in_dims=0):
 
 
 @cache
+def fusable(model_name: str, num_classes: int = 10, image_size: int = 32) -> str:
+    """Why the model cannot be trained fused ('' if it can): one tiny vmapped train step
+    on the CPU (vmap runs every fused model, or is what the wide layout is checked against),
+    once per process."""
+    try:
+        models = [create_model(model_name, num_classes=num_classes) for _ in range(2)]
+        base = copy.deepcopy(models[0]).to("meta").train()
+        params, buffers = stack_module_state(models)
+        x = torch.zeros(2, 2, 3, image_size, image_size)
+        vmapped(base)(params, buffers, x).sum().backward()
+    except Exception as error:  # any op without a batching rule shows up here
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    return ""
+
+
+@cache
 def groupable(model_name: str, num_classes: int = 10, image_size: int = 32) -> bool:
     """Whether the wide layout computes what vmap computes for this registered model."""
     models = [create_model(model_name, num_classes=num_classes) for _ in range(2)]
