@@ -7,8 +7,10 @@
 #   bash benchmarks/stream_accuracy.sh MIXED.zip ORIGINAL.zip runs/stream-accuracy "0 1"
 # then: python benchmarks/accuracy_table.py runs/stream-accuracy/mlflow.db
 # SCALE overrides the reduced scale (default: --subset 500 --test-subset 500 --epochs 2).
-# ARMS picks some; shared35 (not in the default list) is the shared order with milder crops
-# (--crop-scale 0.35 in place of torchvision's 0.08), to tell the crops' cost from streaming's.
+# ARMS picks some. Two more arms (not in the default list) tell the parts of the streamed
+# arms' gap apart: shared35 is the shared order with milder crops (--crop-scale 0.35 in place
+# of torchvision's 0.08); original streams the original 32x32 images (no upscaled, recompressed
+# copies: what is left is the streaming path's crops and centre-crop evaluation).
 set -u
 mixed=${1:?path to the mixed-size CIFAR-10 zip (make_image_sets.py cifar-mixed)}
 original=${2:?path to the original-size CIFAR-10 zip}
@@ -23,6 +25,7 @@ declare -A flags_of=(
   [shared]="--data-dir $mixed --data-mode stream --shared-order"
   [own]="--data-dir $mixed --data-mode stream --no-shared-order"
   [shared35]="--data-dir $mixed --data-mode stream --shared-order --crop-scale 0.35"
+  [original]="--data-dir $original --data-mode stream --shared-order"
   [memory]="--data-dir $original --data-mode memory"
 )
 for seed in $seeds; do
