@@ -53,13 +53,12 @@ def configure(startup: Startup) -> Config:
     ok, rule = RULES["soup_bn_batches"]
     if args.bn_batches is not None and not ok(args.bn_batches):
         raise ConfigError(f"--bn-batches {args.bn_batches}: {rule}")  # before any lookup
-    client = startup.store(args.tracking_uri)
+    client, uri = startup.store(args.tracking_uri), resolve_tracking_uri(args.tracking_uri)
     try:
         run = client.get_run(args.run_id)
     except Exception:  # MLflow raises its own types for an unknown run
-        uri = resolve_tracking_uri(args.tracking_uri)
         raise ConfigError(f"{args.run_id}: no such MLflow run in {uri}") from None
-    overrides: dict[str, Any] = {"tracking_uri": resolve_tracking_uri(args.tracking_uri)}
+    overrides: dict[str, Any] = {"tracking_uri": uri}
     overrides["checkpoint_dir"] = "."  # the command writes no checkpoint
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
